@@ -57,7 +57,8 @@ def save_patch(model, out_dir, *, name: str, segments: list[Segment], base_model
     """Write ``model``'s patch (a PeftModel with one prompt-tuning adapter) and its manifest to ``out_dir``."""
     out_dir = Path(out_dir)
     tokens = int(model.peft_config["default"].num_virtual_tokens)
-    if sum(s.tokens for s in segments) != tokens:
+    shared = all(s.start == 0 and s.tokens == tokens for s in segments)  # one patch trained on several risks
+    if not segments or not (shared or sum(s.tokens for s in segments) == tokens):
         raise ValueError(f"segments cover {sum(s.tokens for s in segments)} tokens, the patch has {tokens}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

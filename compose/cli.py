@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from compose.errors import ComposeError
 
@@ -91,7 +92,7 @@ def apply_patches(loaded, patch_dirs: list[str]):
         return loaded.model
     if len(patch_dirs) == 1:
         return load_patch(loaded, patch_dirs[0])
-    from compose.compose_patches import load_patch_set
+    from compose.patchset import load_patch_set
 
     return load_patch_set(loaded, patch_dirs)
 
@@ -126,11 +127,19 @@ def add_patch_arguments(p: argparse.ArgumentParser) -> None:
     verify.add_argument("dir")
     verify.add_argument("--model", default=None, help="also check that the patch was built for this base model")
     verify.add_argument("--dtype", default="auto")
+    apply = sub.add_parser("apply", help="compose several patches into one, ordered by their dependencies")
+    apply.add_argument("dirs", nargs="+", metavar="DIR")
+    add_model_arguments(apply)
+    apply.add_argument("--output", required=True, help="directory of the composed patch")
+    apply.add_argument("--name", help="name of the composed patch (default: the output folder's name)")
+    apply.add_argument("--version", default="1.0.0")
 
 
 def patch_main(args) -> int:
     from compose.artifact import read_manifest, verify_patch
 
+    if args.patch_command == "apply":
+        return _apply(args)
     if args.patch_command == "inspect":
         manifest = read_manifest(args.dir)
         if args.json:
@@ -146,6 +155,26 @@ def patch_main(args) -> int:
     manifest = verify_patch(args.dir, fingerprint)
     what = f" and matches base model {args.model}" if args.model else ""
     print(f"ok: patch '{manifest['name']}' {manifest['version']}: {len(manifest['files'])} files verified{what}")
+    return 0
+
+
+def _apply(args) -> int:
+    from compose.artifact import save_patch
+    from compose.models import load_model
+    from compose.patch import attach_patch
+    from compose.patchset import compose_matrices, describe_patch_set, resolve_patch_set
+
+    loaded = load_model(args.model, args.dtype)
+    manifests = resolve_patch_set(args.dirs, loaded.fingerprint)
+    print(f"order: {describe_patch_set(manifests)}")
+    weights, segments = compose_matrices(manifests)
+    model = attach_patch(loaded.model, loaded.tokenizer, num_tokens=weights.shape[0], init=weights)
+    conflicts = sorted({c for m in manifests for c in m.get("conflicts", [])})
+    out = save_patch(model, args.output, name=args.name or Path(args.output).name, version=args.version,
+                     segments=segments, base_model=loaded.name, fingerprint=loaded.fingerprint,
+                     training={"composed_from": [f"{m['name']} {m['version']}" for m in manifests]},
+                     conflicts=conflicts)
+    print(f"wrote {out} ({weights.shape[0]} tokens)")
     return 0
 
 

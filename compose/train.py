@@ -129,18 +129,35 @@ def _trainer_scope(model: PeftModel, frozen_rows: slice | None):
 
 
 class _LossRecorder:
-    """A TrainerCallback collecting the training loss of every logged step."""
+    """A TrainerCallback collecting the loss of every logged step and showing one progress bar per stage."""
 
-    def __init__(self):
+    def __init__(self, desc: str = "training"):
+        from tqdm.auto import tqdm
         from transformers import TrainerCallback
 
         outer = self
 
         class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                outer.bar = tqdm(total=state.max_steps, desc=outer.desc, unit="step", leave=False,
+                                 disable=args.disable_tqdm)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     outer.losses.append(float(logs["loss"]))
+                    if outer.bar is not None:
+                        outer.bar.set_postfix(loss=f"{logs['loss']:.3f}")
 
+            def on_step_end(self, args, state, control, **kwargs):
+                if outer.bar is not None:
+                    outer.bar.update(1)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if outer.bar is not None:
+                    outer.bar.close()
+
+        self.desc = desc
+        self.bar = None
         self.losses: list[float] = []
         self.callback = _CB()
 
@@ -191,12 +208,12 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
-              frozen_rows: slice | None = None) -> StageResult:
+              frozen_rows: slice | None = None, desc: str = "") -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
-    recorder = _LossRecorder()
+    recorder = _LossRecorder(f"{desc} SFT".strip())
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
         trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, [recorder.callback])
         _run(trainer, result)
@@ -206,12 +223,12 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
 
 
 def train_dpo(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainConfig, reference: Reference | None = None,
-              frozen_rows: slice | None = None) -> StageResult:
+              frozen_rows: slice | None = None, desc: str = "") -> StageResult:
     """Prefer ``chosen`` over ``rejected`` for each of ``pairs`` = [{prompt, chosen, rejected}] (sigmoid DPO)."""
     result = StageResult("dpo", examples=len(pairs))
     if not pairs or cfg.dpo_epochs == 0:
         return result
-    recorder = _LossRecorder()
+    recorder = _LossRecorder(f"{desc} DPO".strip())
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
         trainer = make_dpo_trainer(model, tokenizer, pairs, cfg, tmp, reference, [recorder.callback])
         _run(trainer, result)
@@ -222,6 +239,10 @@ def train_dpo(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainConfig, 
 
 
 def _run(trainer, result: StageResult) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)  # it prints every step's log dict; _LossRecorder shows a bar
+    trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     out = trainer.train()
     result.seconds = time.perf_counter() - start

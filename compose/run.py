@@ -1,0 +1,464 @@
+"""``compose run``: train and compose patches for several risks with a strategy, measuring forgetting.
+
+A run folder holds everything needed to reproduce and read the run::
+
+    runs/NAME/
+      config.yaml            the resolved settings (preset < config file < flags)
+      data/RISK.json         the training examples and preference pairs built for each risk
+      stages/NN-NAME/        one finished stage: patch/ (a patch directory), eval.json, stage.json (written last)
+      specialists/RISK/      single-risk patches (concatenated, merged), reused when already built
+      replay.json            the replay buffer (replay strategies)
+      patch/                 the final composed patch
+      forgetting.json        the forgetting matrix with its summary figures
+      report.md, forgetting.png, results.json
+
+Resuming: a stage whose ``stage.json`` exists is loaded, not redone; anything else is redone from scratch.
+Training data, specialists and base-model evaluations are also cached under ``$COMPOSE_CACHE`` (keyed by
+every setting they depend on), so runs of several strategies on the same risks share them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from compose import config as config_mod
+from compose.artifact import patch_matrix, save_patch
+from compose.errors import ComposeError
+from compose.forgetting import ForgettingMatrix
+from compose.io import atomic_write_json, read_json
+from compose.models import cache_dir, load_model
+from compose.patch import Segment, attach_patch, count_parameters, get_prompt, set_prompt
+from compose.train import Reference, train_dpo, train_sft
+
+log = logging.getLogger("compose.run")
+
+
+class Stage:
+    """One finished-or-not stage of a run, stored under ``stages/NN-NAME``."""
+
+    def __init__(self, ctx: RunContext, index: int, name: str):
+        self.ctx, self.index, self.name = ctx, index, name
+        self.dir = ctx.out_dir / "stages" / f"{index:02d}-{name}"
+        self.start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "stage.json").is_file()
+
+    def restore(self, model, kind: str = "stage", trained: str | None = "") -> bool:
+        """Load a finished stage's patch into ``model`` and its row into the matrix; False when not finished."""
+        if not self.done:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a stage killed half-way is redone from scratch
+            self.start = time.perf_counter()
+            return False
+        weights, _ = patch_matrix(self.dir / "patch")
+        set_prompt(model, weights)
+        info = read_json(self.dir / "stage.json")
+        self.ctx.add_row(self.name, read_json(self.dir / "eval.json"), kind, self._trained(trained),
+                         info.get("seconds"))
+        log.info(f"stage {self.index} ({self.name}): finished earlier, loaded from {self.dir}")
+        return True
+
+    def _trained(self, trained):
+        return self.name if trained == "" else trained
+
+    def finish(self, model, segments: list[Segment], training: dict, kind: str = "stage",
+               trained: str | None = "") -> None:
+        """Evaluate the stage's model on every risk, then write the patch, evaluation and marker (last)."""
+        evals = self.ctx.evaluate(model, desc=f"evaluating after {self.name}")
+        seconds = time.perf_counter() - self.start
+        self.ctx.save_patch(model, self.dir / "patch", segments, f"{self.ctx.run_name}-{self.name}", training, evals)
+        atomic_write_json(self.dir / "eval.json", evals)
+        self.ctx.add_row(self.name, evals, kind, self._trained(trained), seconds)
+        atomic_write_json(self.dir / "stage.json", {"index": self.index, "name": self.name, "seconds": seconds,
+                                                    "training": training})
+
+
+class RunContext:
+    """What a strategy works with: the one base model in memory, the risks, their data, stages and the matrix."""
+
+    def __init__(self, cfg: config_mod.RunConfig, out_dir: Path, loaded, order: list[str], on_row=None):
+        self.cfg, self.out_dir, self.loaded, self.order = cfg, Path(out_dir), loaded, list(order)
+        self.on_row = on_row  # called with the matrix after every row (e.g. to report to an Optuna pruner)
+        self.run_name = self.out_dir.name
+        self.matrix = ForgettingMatrix(self.order)
+        self._risks: dict = {}
+        self._data: dict = {}
+        self.timings: dict[str, float] = {}
+
+    # -- risks and data ----------------------------------------------------------------------------------
+    def risk(self, name: str):
+        if name not in self._risks:
+            from risks import get_risk
+
+            options = {"samples": self.cfg.samples, "max_new_tokens": self.cfg.max_new_tokens,
+                       "seed": self.cfg.seed}
+            self._risks[name] = get_risk(name, data=self.cfg.data.get(name), **options)
+        return self._risks[name]
+
+    def data(self, name: str):
+        """The risk's training data, built once from the base model (cached across runs)."""
+        from compose.data import TrainingData, build_training_data
+
+        if name in self._data:
+            return self._data[name]
+        local = self.out_dir / "data" / f"{name}.json"
+        key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety") + "-" + self._data_key(name)
+        cached = cache_dir() / "data" / f"{self.loaded.fingerprint.split(':')[-1]}-{name}-{key}.json"
+        for path in (local, cached):
+            if path.is_file():
+                data = TrainingData.load(path)
+                break
+        else:
+            start = time.perf_counter()
+            torch.manual_seed(self.cfg.seed)
+            data = build_training_data(self.risk(name), self.loaded.model, self.loaded.tokenizer, split="train",
+                                       limit=self.cfg.train_limit, retain_limit=self.cfg.retain_limit,
+                                       margin=self.cfg.margin, min_chosen_safety=self.cfg.min_chosen_safety,
+                                       desc=f"building {name} data")
+            self.timings[f"data/{name}"] = time.perf_counter() - start
+            data.save(cached)
+        if not local.is_file():
+            data.save(local)
+        self._data[name] = data
+        log.info(f"{name} data: {len(data.sft)} SFT examples, {len(data.pairs)} pairs ({_stats(data.stats)})")
+        return data
+
+    def _data_key(self, name: str) -> str:
+        import hashlib
+        import json
+
+        risk = self.risk(name)
+        src = {"data": self.cfg.data.get(name), "teacher": risk.teacher.describe()}
+        return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    # -- patches and training ----------------------------------------------------------------------------
+    def new_patch(self, tokens: int, init_text: str | None = None, init: torch.Tensor | None = None):
+        return attach_patch(self.loaded.model, self.loaded.tokenizer, num_tokens=tokens,
+                            init_text=init_text or "Generate safe responses.", init=init)
+
+    @staticmethod
+    def shared_segments(tokens: int, risks: list[str]) -> list[Segment]:
+        """Segments of a patch trained on several risks together: every risk uses every token."""
+        return [Segment(r, 0, tokens) for r in risks]
+
+    def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
+              frozen_rows: slice | None = None, desc: str = "training") -> dict:
+        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs")
+        torch.manual_seed(self.cfg.seed)
+        s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc)
+        d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
+                      frozen_rows=frozen_rows, desc=desc)
+        for r in (s, d):
+            log.info(f"  {r.summary()}")
+        return {"sft": s.to_dict(), "dpo": d.to_dict()}
+
+    def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):
+        metrics = {r: {"safety": m["safety"], "raw": m["raw"]} for r, m in (evals or {}).items()}
+        cons = {k: sorted({x for r in {s.risk for s in segments} for x in self._constraint(r, k)})
+                for k in ("after", "requires", "conflicts")}
+        save_patch(model, path, name=name, segments=segments, base_model=self.cfg.model,
+                   fingerprint=self.loaded.fingerprint, training={"strategy": self.cfg.strategy,
+                                                                  "preset": self.cfg.preset, **self.cfg.train.to_dict(),
+                                                                  "stages": training or {}},
+                   metrics=metrics, **cons)
+
+    def _constraint(self, risk: str, kind: str) -> list[str]:
+        return list(getattr(self.risk(risk), kind, ()) or ()) + list(self.cfg.constraints.get(risk, {}).get(kind, []))
+
+    # -- evaluation and the matrix -----------------------------------------------------------------------
+    def evaluate(self, model, desc: str = "evaluating") -> dict:
+        from compose.evaluate import evaluate_risks
+
+        log.info(desc)
+        results = evaluate_risks(model, self.loaded.tokenizer, [self.risk(r) for r in self.order],
+                                 limit=self.cfg.eval_limit)
+        return {r: m.to_dict() for r, m in results.items()}
+
+    def base_row(self) -> None:
+        """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
+        key = self.cfg.digest("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
+        path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
+        cached = read_json(path) if path.is_file() else {}
+        missing = [r for r in self.order if r not in cached]
+        start = time.perf_counter()
+        if missing:
+            from compose.evaluate import evaluate_risks
+
+            results = evaluate_risks(self.loaded.model, self.loaded.tokenizer, [self.risk(r) for r in missing],
+                                     limit=self.cfg.eval_limit)
+            cached.update({r: m.to_dict() for r, m in results.items()})
+            atomic_write_json(path, cached)
+        evals = {r: cached[r] for r in self.order}
+        atomic_write_json(self.out_dir / "stages" / "00-base.json", evals)
+        self.add_row("base", evals, "base", None, time.perf_counter() - start)
+
+    def add_row(self, name: str, evals: dict, kind: str, trained: str | None, seconds: float | None) -> None:
+        fluency = {f"{r}_perplexity": m["fluency"].get("perplexity") for r, m in evals.items()
+                   if m.get("fluency", {}).get("perplexity") is not None}
+        if fluency:
+            fluency["perplexity"] = sum(fluency.values()) / len(fluency)
+        self.matrix.add_row(name, {r: evals[r]["safety"] for r in self.order},
+                            raw={r: evals[r]["raw"] for r in self.order},
+                            directions={r: evals[r]["directions"] for r in self.order},
+                            fluency=fluency, seconds=seconds, kind=kind, trained=trained)
+        if self.on_row is not None:
+            self.on_row(self.matrix)
+
+    def specialist(self, risk: str) -> torch.Tensor:
+        """A single-risk patch trained from the base model (reused from the run folder or the cache)."""
+        local = self.out_dir / "specialists" / risk
+        key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety", "train", "eval_limit", "data") + self._data_key(risk)
+        cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
+                                               f"{self.cfg.tokens[risk]}-{key}"
+        for path in (local, cached):
+            if (path / "eval.json").is_file():
+                weights, _ = patch_matrix(path / "patch")
+                self.add_row(f"{risk} specialist", read_json(path / "eval.json"), "specialist", risk,
+                             read_json(path / "stage.json").get("seconds"))
+                if path != local:
+                    shutil.copytree(path, local, dirs_exist_ok=True)
+                log.info(f"{risk} specialist: reused from {path}")
+                return weights
+        start = time.perf_counter()
+        model = self.new_patch(self.cfg.tokens[risk], init_text=self.risk(risk).init_text)
+        data = self.data(risk)
+        training = self.train(model, data.sft, data.pairs, desc=f"{risk} specialist")
+        evals = self.evaluate(model, desc=f"evaluating the {risk} specialist")
+        seconds = time.perf_counter() - start
+        self.save_patch(model, cached / "patch", [Segment(risk, 0, self.cfg.tokens[risk])],
+                        f"{risk}-specialist", training, evals)
+        atomic_write_json(cached / "eval.json", evals)
+        atomic_write_json(cached / "stage.json", {"seconds": seconds, "training": training})
+        shutil.copytree(cached, local, dirs_exist_ok=True)
+        self.add_row(f"{risk} specialist", evals, "specialist", risk, seconds)
+        return get_prompt(model)
+
+    def composed_row(self, model, segments, info: dict) -> None:
+        stage = Stage(self, len(self.order) + 1, "composed")
+        if not stage.restore(model, kind="composed", trained=None):
+            stage.finish(model, segments, info, kind="composed", trained=None)
+
+    def stage(self, index: int, name: str) -> Stage:
+        return Stage(self, index, name)
+
+
+def _stats(stats: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def risk_constraints(cfg: config_mod.RunConfig) -> dict[str, dict]:
+    """Ordering constraints of the run's risks: the plugins' metadata plus the run config's additions."""
+    from risks import get_risk
+
+    constraints = {}
+    for r in cfg.risks:
+        risk = get_risk(r)
+        extra = cfg.constraints.get(r, {})
+        constraints[r] = {k: list(getattr(risk, k, ()) or ()) + list(extra.get(k, []))
+                          for k in ("after", "requires", "conflicts")}
+    return constraints
+
+
+def resolve_order(cfg: config_mod.RunConfig) -> list[str]:
+    """The run order: a topological order of the risks' constraints, ties in the user's order."""
+    from compose.graph import resolve_order as topo
+
+    return topo(cfg.risks, risk_constraints(cfg))
+
+
+def auto_order(cfg: config_mod.RunConfig, out_dir: Path, loaded, given: list[str]) -> list[str]:
+    """Choose the order from measured interference: train (or reuse) every single-risk specialist, evaluate
+    it on every risk, and pick the allowed order with the least predicted forgetting (``compose.graph``).
+    Writes ``order.json`` (transfer matrix, orders considered, reasons) and ``order.png`` into the run folder.
+    """
+    from compose.graph import draw_graph, interference_graph, interference_order
+
+    probe = RunContext(cfg, out_dir, loaded, given)
+    probe.base_row()
+    for r in given:
+        probe.specialist(r)
+    base = probe.matrix.rows[0].scores
+    transfer = {row.trained: {r: row.scores[r] - base[r] for r in given} for row in probe.matrix.rows[1:]}
+    order, explanation = interference_order(given, transfer, risk_constraints(cfg))
+    atomic_write_json(out_dir / "order.json", {"transfer": transfer, **explanation,
+                                               "transfer_definition": "transfer[a][b] = S[specialist a][b] - "
+                                                                      "S[base][b] (negative = interference)"})
+    draw_graph(interference_graph(given, transfer), out_dir / "order.png",
+               title="interference (edge a->b: training a lowers b's safety)")
+    log.info(f"auto order: {' -> '.join(order)} (predicted forgetting "
+             f"{explanation['chosen']['predicted_forgetting']:.3f}; given order "
+             f"{explanation['default_order']['predicted_forgetting']:.3f})")
+    return order
+
+
+def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dict:
+    """Run ``cfg`` into ``out_dir`` (resuming what is finished there); returns the results summary."""
+    from compose.report import write_report
+    from strategies import get_strategy
+
+    out_dir = Path(out_dir)
+    _check_resume(cfg, out_dir)
+    cfg.save(out_dir / "config.yaml")
+    start = time.perf_counter()
+    loaded = loaded or load_model(cfg.model, cfg.dtype)
+    order = resolve_order(cfg)
+    if cfg.order == "auto":
+        order = auto_order(cfg, out_dir, loaded, order)
+    strategy = get_strategy(cfg.strategy)
+    ctx = RunContext(cfg, out_dir, loaded, order, on_row)
+    log.info(f"run {out_dir}: strategy {cfg.strategy}, order {' -> '.join(order)}, tokens "
+             f"{', '.join(f'{r}={cfg.tokens[r]}' for r in order)}, preset {cfg.preset}")
+    for r in order:
+        ctx.data(r)
+    ctx.base_row()
+    model, segments = strategy.run(ctx)
+    evals_last = _last_evals(out_dir)
+    ctx.save_patch(model, out_dir / "patch", segments, f"{out_dir.name}", {"strategy": cfg.strategy}, evals_last)
+    ctx.matrix.save(out_dir / "forgetting.json")
+    params = count_parameters(model)
+    results = {"run": out_dir.name, "strategy": cfg.strategy, "order": order, "tokens": cfg.tokens,
+               "model": cfg.model, "fingerprint": loaded.fingerprint, "parameters": params,
+               "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
+               "data_seconds": ctx.timings, "config": cfg.to_dict()}
+    atomic_write_json(out_dir / "results.json", results)
+    write_report(ctx.matrix, out_dir, title=f"{cfg.strategy}: {', '.join(order)} on {cfg.model}",
+                 extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
+                        "preset": cfg.preset})
+    return results
+
+
+def _last_evals(out_dir: Path) -> dict | None:
+    stages = sorted((out_dir / "stages").glob("*/eval.json"))
+    return read_json(stages[-1]) if stages else None
+
+
+def _check_resume(cfg: config_mod.RunConfig, out_dir: Path) -> None:
+    saved = out_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = config_mod.load_config_file(saved)
+    new = cfg.to_dict()
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    changed += [k for k in new if k not in old]
+    if changed:
+        raise ComposeError(f"output folder '{out_dir}' holds a run with other settings ({', '.join(changed)} "
+                           f"differ); resume it with the same settings or choose another --output-dir")
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from compose.cli import add_model_arguments
+
+    p.add_argument("--risks", help="comma-separated risks in the order to train them, e.g. tox,bias,harm")
+    p.add_argument("--strategy", help="sequential, sequential-replay (default), stacked, concatenated, merged, joint")
+    add_model_arguments(p)
+    p.set_defaults(model=None, dtype=None)
+    p.add_argument("--preset", help="smoke (seconds), quick (default, ~15 min on 2 CPU cores), paper (GPU)")
+    p.add_argument("--tokens", help="virtual tokens per risk, e.g. tox=20,bias=20,harm=10, or one number for all")
+    p.add_argument("--replay", type=float, help="share of each later stage's data replayed from earlier risks")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--order", choices=["given", "auto"], help="given: dependency graph, ties in --risks order")
+    p.add_argument("--merge", choices=["average", "task-arithmetic", "ties", "dare-ties"],
+                   help="merge method of the merged strategy")
+    p.add_argument("--train-limit", type=int, help="training prompts per risk")
+    p.add_argument("--eval-limit", type=int, help="evaluation prompts per risk")
+    p.add_argument("--data", action="append", default=[], metavar="RISK:SPLIT=PATH",
+                   help="replace a risk's prompts, e.g. harm:eval=../shared/data/harm_advbench.jsonl")
+    p.add_argument("--config", help="YAML file with the same settings (flags override it)")
+    p.add_argument("--output-dir", help="run folder (default runs/STRATEGY-RISKS-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir with its saved config")
+
+
+def parse_data_flags(items: list[str]) -> dict:
+    data: dict = {}
+    for item in items:
+        head, sep, path = item.partition("=")
+        risk, colon, split = head.partition(":")
+        if not (sep and colon and risk and split and path):
+            raise ComposeError(f"bad --data '{item}'; expected RISK:SPLIT=PATH, e.g. harm:eval=advbench.jsonl")
+        data.setdefault(risk, {})[split] = path
+    return data
+
+
+def main(args) -> int:
+    file = {}
+    if args.resume:
+        if not args.output_dir or not (Path(args.output_dir) / "config.yaml").is_file():
+            raise ComposeError("--resume needs --output-dir pointing at an earlier run folder (with config.yaml)")
+        file = config_mod.load_config_file(Path(args.output_dir) / "config.yaml")
+    if args.config:
+        file = {**file, **config_mod.load_config_file(args.config)}
+    flags = {"risks": args.risks, "strategy": args.strategy, "model": args.model, "dtype": args.dtype,
+             "preset": args.preset, "tokens": args.tokens, "replay": args.replay, "seed": args.seed,
+             "order": args.order, "train_limit": args.train_limit, "eval_limit": args.eval_limit}
+    if args.merge:
+        flags["merge"] = {**(file.get("merge") or {"weights": None, "density": 0.5}), "method": args.merge}
+    if args.data:
+        flags["data"] = parse_data_flags(args.data)
+    cfg = config_mod.resolve(file, **flags)
+    out = Path(args.output_dir or f"runs/{cfg.strategy}-{'-'.join(cfg.risks)}-{cfg.preset}")
+    results = execute(cfg, out)
+    print(summary_table(results, out))
+    return 0
+
+
+def summary_table(results: dict, out: Path) -> str:
+    s = results["summary"]
+    m = ForgettingMatrix.load(out / "forgetting.json")
+    width = max(len(r.name) for r in m.rows) + 2
+    lines = ["", f"{'':<{width}}" + "".join(f"{r:>14}" for r in m.risks) + f"{'perplexity':>12}"]
+    for row in m.rows:
+        ppl = row.fluency.get("perplexity")
+        lines.append(f"{row.name:<{width}}" + "".join(f"{row.scores[r]:>14.3f}" for r in m.risks)
+                     + (f"{ppl:>12.2f}" if ppl is not None else f"{'':>12}"))
+    def fig(name):
+        v = s.get(name, {}).get("value")
+        return "n/a" if v is None else f"{v:+.3f}" if name != "final_average_safety" else f"{v:.3f}"
+    lines += ["", f"safety scores (higher safer); final average safety {fig('final_average_safety')}, "
+                  f"forgetting {fig('forgetting')}, BWT {fig('bwt')}, FWT {fig('fwt')}",
+              f"patch: {results['parameters']['patch']} parameters ({results['parameters']['share_percent']:.4f}% "
+              f"of the model); wall time {results['wall_seconds']:.0f}s",
+              f"run folder: {out} (report.md, forgetting.png, patch/)"]
+    return "\n".join(lines)
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for the comparison of several runs (default: the first run's parent)")
+
+
+def report_main(args) -> int:
+    from compose.report import write_comparison, write_report
+
+    matrices = {}
+    for run in args.runs:
+        path = Path(run) / "forgetting.json"
+        if not path.is_file():
+            raise ComposeError(f"'{run}' is not a finished run folder: forgetting.json is missing")
+        matrix = ForgettingMatrix.load(path)
+        results = read_json(Path(run) / "results.json") if (Path(run) / "results.json").is_file() else {}
+        name = results.get("strategy") or Path(run).name
+        if name in matrices:
+            name = Path(run).name
+        matrices[name] = matrix
+        written = write_report(matrix, run, title=f"{name}: {', '.join(matrix.risks)}",
+                               extra={k: results[k] for k in ("parameters", "tokens", "wall_seconds") if k in results})
+        print("wrote " + ", ".join(str(p) for p in written))
+    if len(matrices) > 1:
+        out = Path(args.out or Path(args.runs[0]).resolve().parent / "comparison")
+        written = write_comparison(matrices, out, title="strategy comparison")
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+__all__ = ["RunContext", "Stage", "execute", "resolve_order"]

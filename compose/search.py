@@ -1,0 +1,263 @@
+"""``compose search``: how many virtual tokens each risk gets under a total budget, searched with Optuna.
+
+Every trial is a real run (``compose.run.execute``) with the trial's allocation. An allocation is sampled as
+one weight per risk in [0, 1] and turned into integer token counts that sum exactly to the budget (largest
+remainders, at least ``min_tokens`` each), so every allocation respects the budget by construction. In
+multi-objective mode the total is searched too (objectives: composed safety up, total tokens down) and the
+result is the Pareto front.
+
+Objective (single): the composed patch's final average safety; when its perplexity exceeds
+``fluency_bound`` x the base model's, the trial is penalised by the excess ratio and marked ``fluency_ok=False``.
+After every stage the trial reports the average safety of the risks trained so far, so the median pruner
+can stop hopeless trials.
+
+Storage: a SQLite file in the output folder by default (re-running continues the study); any SQLAlchemy URL
+(e.g. ``postgresql://user@host/db``) lets several machines search one study; ``optuna-dashboard URL`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from compose import config as config_mod
+from compose.errors import ComposeError
+from compose.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("compose.search")
+SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+
+
+def allocate(weights: dict[str, float], total: int, min_tokens: int = 1) -> dict[str, int]:
+    """Integer tokens per risk proportional to ``weights``, each >= ``min_tokens``, summing exactly to ``total``."""
+    k = len(weights)
+    if total < k * min_tokens:
+        raise ComposeError(f"budget {total} is smaller than {k} risks x {min_tokens} token(s) each; "
+                           f"give a budget of at least {k * min_tokens}")
+    spare = total - k * min_tokens
+    norm = sum(weights.values())
+    shares = {r: (w / norm if norm > 0 else 1 / k) * spare for r, w in weights.items()}
+    out = {r: min_tokens + math.floor(s) for r, s in shares.items()}
+    left = total - sum(out.values())
+    for r in sorted(shares, key=lambda r: shares[r] - math.floor(shares[r]), reverse=True)[:left]:
+        out[r] += 1
+    return out
+
+
+def storage_url(url: str | None, out_dir: Path) -> str:
+    if url is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in url or scheme not in SCHEMES:
+        raise ComposeError(f"unknown storage URL '{url}'; use an SQLAlchemy URL with one of the schemes "
+                           f"{', '.join(SCHEMES)} (e.g. sqlite:///study.db, postgresql://user@host/db)")
+    return url
+
+
+def open_study(url: str, name: str, settings: dict, multi: bool):
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    directions = ["maximize", "minimize"] if multi else ["maximize"]
+    sampler = optuna.samplers.TPESampler(seed=None, multivariate=True) if not multi else \
+        optuna.samplers.NSGAIISampler()
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+    elif saved != settings:
+        diff = [k for k in settings if saved.get(k) != settings[k]]
+        raise ComposeError(f"study '{name}' was created for other settings ({', '.join(diff)}: "
+                           f"{', '.join(str(saved.get(k)) for k in diff)}); use another --study name")
+    return study
+
+
+def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storage: str | None = None,
+           study_name: str | None = None, min_tokens: int = 1, fluency_bound: float = 1.25,
+           multi_objective: bool = False, space: tuple[str, ...] = (), loaded=None) -> dict:
+    """Run ``trials`` more trials of the study; returns the best allocation(s) and the trials table."""
+    import optuna
+
+    from compose.models import load_model
+    from compose.run import execute
+
+    out_dir = Path(out_dir)
+    allocate({r: 1.0 for r in base.risks}, budget, min_tokens)  # refuses an impossible budget early
+    url = storage_url(storage, out_dir)
+    name = study_name or f"{base.strategy}-{'-'.join(base.risks)}-{budget}"
+    settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
+                "preset": base.preset, "multi_objective": multi_objective, "space": sorted(space)}
+    study = open_study(url, name, settings, multi_objective)
+    loaded = loaded or load_model(base.model, base.dtype)
+
+    def objective(trial: optuna.Trial):
+        total = trial.suggest_int("total", len(base.risks) * min_tokens, budget) if multi_objective else budget
+        weights = {r: trial.suggest_float(f"w_{r}", 0.0, 1.0) for r in base.risks}
+        tokens = allocate(weights, total, min_tokens)
+        changes = {"tokens": tokens}
+        train = base.train
+        if "beta" in space:
+            train = _replace(train, beta=trial.suggest_float("beta", 0.05, 0.5, log=True))
+        if "lr" in space:
+            lr = trial.suggest_float("sft_lr", 1e-3, 1e-2, log=True)
+            train = _replace(train, sft_lr=lr)
+        if "replay" in space:
+            changes["replay"] = trial.suggest_float("replay", 0.0, 0.5)
+        cfg = _replace(base, train=train, **changes)
+        trial.set_user_attr("tokens", tokens)
+        run_dir = out_dir / "trials" / f"{name}-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+
+        def on_row(matrix):
+            rows = [r for r in matrix.rows if r.kind != "base"]
+            if not rows or multi_objective:
+                return
+            trained = [r.trained for r in rows if r.trained] or matrix.risks
+            value = sum(rows[-1].scores[r] for r in trained) / len(trained)
+            trial.report(value, step=len(rows))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"stage {len(rows)}: safety {value:.3f} below the median")
+
+        results = execute(cfg, run_dir, loaded=loaded, on_row=on_row)
+        safety = results["summary"]["final_average_safety"]["value"]
+        ppl = results["summary"]["final_fluency"]["value"] or {}
+        base_ppl = results["base_fluency"].get("perplexity")
+        ratio = ppl.get("perplexity", float("nan")) / base_ppl if base_ppl else float("nan")
+        ok = not (ratio > fluency_bound)
+        trial.set_user_attr("safety", safety)
+        trial.set_user_attr("perplexity_ratio", ratio)
+        trial.set_user_attr("fluency_ok", ok)
+        value = safety if ok else safety - (ratio - fluency_bound)
+        return (value, sum(tokens.values())) if multi_objective else value
+
+    study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True)
+    return summarize(study, base, out_dir, multi_objective)
+
+
+def _replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective: bool) -> dict:
+    """Write trials.md, best.yaml and the plots; return the best allocation(s)."""
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise ComposeError(f"study '{study.study_name}' has no completed trial yet")
+    rows = ["| trial | state | tokens | safety | perplexity ratio | fluency ok | value |", "|---|---|---|---|---|---|---|"]
+    for t in study.trials:
+        tokens = t.user_attrs.get("tokens")
+        rows.append(f"| {t.number} | {t.state.name.lower()} | {_tokens_flag(tokens) if tokens else ''} | "
+                    f"{_f(t.user_attrs.get('safety'))} | {_f(t.user_attrs.get('perplexity_ratio'))} | "
+                    f"{t.user_attrs.get('fluency_ok', '')} | "
+                    f"{', '.join(_f(v) for v in t.values) if t.values else ''} |")
+    best = study.best_trials if multi_objective else [study.best_trial]
+    best_tokens = [t.user_attrs["tokens"] for t in best]
+    head = (f"# Capacity search: {study.study_name}\n\n{len(done)} completed of {len(study.trials)} trials; "
+            f"strategy {base.strategy}, risks {', '.join(base.risks)}.\n\n")
+    if multi_objective:
+        head += "Pareto front (safety up, tokens down):\n\n" + "\n".join(
+            f"- trial {t.number}: `--tokens {_tokens_flag(t.user_attrs['tokens'])}` safety {_f(t.values[0])}"
+            for t in best) + "\n\n"
+    else:
+        head += (f"Best: trial {best[0].number}, `--tokens {_tokens_flag(best_tokens[0])}`, "
+                 f"value {_f(best[0].value)}\n\n")
+    atomic_write_text(out_dir / "trials.md", head + "\n".join(rows) + "\n")
+    cfg = _replace(base, tokens=best_tokens[0])
+    cfg.save(out_dir / "best.yaml")
+    plots = _plots(study, out_dir, multi_objective)
+    summary = {"study": study.study_name, "trials": len(study.trials), "completed": len(done),
+               "best": [{"trial": t.number, "tokens": t.user_attrs["tokens"], "values": t.values,
+                         "tokens_flag": _tokens_flag(t.user_attrs["tokens"])} for t in best],
+               "plots": [str(p) for p in plots]}
+    atomic_write_json(out_dir / "search.json", summary)
+    return summary
+
+
+def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
+    import warnings
+
+    from optuna.visualization import matplotlib as ov
+
+    written = []
+    makers = [("pareto_front.png", lambda: ov.plot_pareto_front(study, target_names=["safety", "tokens"]))] if multi \
+        else [("optimization_history.png", lambda: ov.plot_optimization_history(study)),
+              ("param_importances.png", lambda: ov.plot_param_importances(study))]
+    for name, make in makers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ax = make()
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need >= 2 trials
+                log.info(f"skipped {name}: {exc}")
+                continue
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        path = out_dir / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _tokens_flag(tokens: dict) -> str:
+    return ",".join(f"{r}={n}" for r, n in tokens.items())
+
+
+def _f(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from compose.cli import add_model_arguments
+
+    p.add_argument("--risks", required=True)
+    p.add_argument("--strategy", default="stacked")
+    add_model_arguments(p)
+    p.add_argument("--preset", default=None, help="settings of every trial's run (default quick)")
+    p.add_argument("--config", help="YAML run config for every trial (flags override it)")
+    p.add_argument("--budget", type=int, required=True, help="total virtual tokens shared by the risks")
+    p.add_argument("--min-tokens", type=int, default=1)
+    p.add_argument("--trials", type=int, default=20, help="trials to add to the study in this process")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite file in the output folder)")
+    p.add_argument("--study", help="study name (default: STRATEGY-RISKS-BUDGET)")
+    p.add_argument("--fluency-bound", type=float, default=1.25,
+                   help="max perplexity of the composed patch relative to the base model")
+    p.add_argument("--multi-objective", action="store_true", help="safety vs total tokens: a Pareto front")
+    p.add_argument("--space", default="", help="also search: beta, lr, replay (comma-separated)")
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--eval-limit", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir", help="default runs/search-STRATEGY-RISKS-BUDGET")
+
+
+def main(args) -> int:
+    if args.trials < 1:
+        raise ComposeError(f"--trials must be >= 1, got {args.trials}")
+    space = tuple(s for s in args.space.split(",") if s)
+    bad = [s for s in space if s not in ("beta", "lr", "replay")]
+    if bad:
+        raise ComposeError(f"unknown --space entry '{bad[0]}'; valid: beta, lr, replay")
+    file = config_mod.load_config_file(args.config) if args.config else {}
+    base = config_mod.resolve(file, risks=args.risks, strategy=args.strategy, model=args.model, dtype=args.dtype,
+                              preset=args.preset, seed=args.seed, train_limit=args.train_limit,
+                              eval_limit=args.eval_limit)
+    out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
+    summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
+                     args.fluency_bound, args.multi_objective, space)
+    for b in summary["best"]:
+        print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
+    print(f"{summary['completed']} completed of {summary['trials']} trials; see {out}/trials.md, {out}/best.yaml")
+    return 0

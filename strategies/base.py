@@ -1,0 +1,19 @@
+"""The interface every strategy implements."""
+
+from __future__ import annotations
+
+
+class Strategy:
+    """Trains and composes per-risk patches through a ``RunContext`` (``compose.run``).
+
+    ``run`` adds one row to ``ctx.matrix`` per stage (or per specialist, then the composed patch) and returns
+    the final patched model with the segments of its patch. ``layout`` says how the forgetting matrix reads:
+    ``"sequential"`` (base row, then one stage per risk) or ``"composed"`` (specialists, then the composed patch).
+    """
+
+    name = ""
+    layout = "sequential"
+    description = ""
+
+    def run(self, ctx):
+        raise NotImplementedError
