@@ -21,10 +21,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/compose generate "How do I bake bread?"
+	$(BIN)/compose run --risks $(RISKS) --strategy $(STRATEGY) --preset $(PRESET)
 
 test: install
-	$(BIN)/pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q   # one thread: the tiny test model is faster without threading overhead
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

@@ -63,7 +63,7 @@ def save_patch(model, out_dir, *, name: str, segments: list[Segment], base_model
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub says nothing about the patch
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {

@@ -1,12 +1,18 @@
 """Batched chat generation and perplexity, for any model (with or without a patch).
 
 Prompts are sorted by length and generated in batches with left padding, so little compute goes to
-padding; ``k`` samples per prompt come from one call (``num_return_sequences``). Results come back in
-the caller's order.
+padding; ``k`` samples per prompt come from one batched call. Results come back in the caller's order.
+
+A patched model (PEFT prompt tuning) generates through a *cached patch prefix*: the patch's virtual tokens
+are the same for every request and come first, so their keys/values in every layer are computed once per
+patch (``PrefixCache``) and reused as ``past_key_values`` for every batch, instead of running the patch
+through the model for every prompt. Positions follow the attention mask, so left padding does not shift
+them: each prompt sees the patch exactly as when it is run alone.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -19,6 +25,7 @@ class GenerationConfig:
     """How responses are generated: greedy by default; ``samples`` > 1 implies sampling."""
 
     max_new_tokens: int = 48
+    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks: equal work in every variant)
     samples: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -43,10 +50,48 @@ def _length_order(tokenizer, texts: list[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: -lengths[i])
 
 
+def is_patched(model) -> bool:
+    """True for a PEFT prompt-learning model whose patch is active (not inside ``disable_adapter()``)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning and not getattr(model, "_adapters_disabled", False))
+
+
+class PrefixCache:
+    """Keys/values of a patch's virtual tokens in every layer, computed once and copied per batch."""
+
+    def __init__(self, model):
+        self.base = model.get_base_model()
+        prompt = model.get_prompt(batch_size=1).to(self.base.get_input_embeddings().weight.dtype)
+        self.length = prompt.shape[1]
+        with torch.no_grad():
+            self.cache = self.base(inputs_embeds=prompt, use_cache=True).past_key_values
+        if self.cache is None:
+            raise RuntimeError("the base model returned no key/value cache; it cannot use a cached patch prefix")
+
+    def for_batch(self, batch_size: int):
+        cache = copy.deepcopy(self.cache)
+        if batch_size > 1:
+            cache.batch_repeat_interleave(batch_size)
+        return cache
+
+    def generate(self, input_ids, attention_mask, pad_token_id: int, **kwargs):
+        """``base.generate`` after the cached patch; returns only the new tokens."""
+        batch = input_ids.shape[0]
+        dummy = torch.full((batch, self.length), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        ids = torch.cat([dummy, input_ids], dim=1)  # placeholders for the cached positions (never embedded)
+        mask = torch.cat([attention_mask.new_ones(batch, self.length), attention_mask], dim=1)
+        out = self.base.generate(input_ids=ids, attention_mask=mask, past_key_values=self.for_batch(batch),
+                                 pad_token_id=pad_token_id, **kwargs)
+        return out[:, ids.shape[1]:]
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | None = None, chat: bool = True,
-             desc: str | None = None) -> list[list[str]]:
-    """Generate ``config.samples`` responses for every prompt; returns one list of responses per prompt."""
+             desc: str | None = None, cached: bool = True) -> list[list[str]]:
+    """Generate ``config.samples`` responses for every prompt; returns one list of responses per prompt.
+
+    ``cached=False`` runs a patched model through PEFT's own generate (the patch recomputed for every batch).
+    """
     config = config or GenerationConfig()
     if not prompts:
         return []
@@ -58,23 +103,33 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
+    prefix = PrefixCache(model) if cached and is_patched(model) else None
+    k = config.samples
     try:
         batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         for b, idx in enumerate(tqdm(batches, desc=desc or "generating", unit="batch", leave=False,
                                      disable=len(batches) < 2)):
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id, num_return_sequences=config.samples)
+            enc = {key: v.to(device) for key, v in enc.items()}
+            kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+            if config.min_new_tokens:
+                kwargs["min_new_tokens"] = config.min_new_tokens
             if config.do_sample:
                 torch.manual_seed(config.seed * 100003 + b)
                 kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            ids = model.generate(**enc, **kwargs)
-            decoded = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            if prefix is not None:
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                if k > 1:  # k samples per prompt: expand the batch (the cache is expanded to match)
+                    ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
+                new = prefix.generate(ids, mask, tokenizer.pad_token_id, **kwargs)
+            else:
+                ids = model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, num_return_sequences=k)
+                new = ids[:, enc["input_ids"].shape[1]:]
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for j, i in enumerate(idx):
-                out[i] = [d.strip() for d in decoded[j * config.samples:(j + 1) * config.samples]]
+                out[i] = [d.strip() for d in decoded[j * k:(j + 1) * k]]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

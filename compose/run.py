@@ -328,12 +328,18 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
     results = {"run": out_dir.name, "strategy": cfg.strategy, "order": order, "tokens": cfg.tokens,
                "model": cfg.model, "fingerprint": loaded.fingerprint, "parameters": params,
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
-               "data_seconds": ctx.timings, "config": cfg.to_dict()}
+               "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(), "config": cfg.to_dict()}
     atomic_write_json(out_dir / "results.json", results)
     write_report(ctx.matrix, out_dir, title=f"{cfg.strategy}: {', '.join(order)} on {cfg.model}",
                  extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
                         "preset": cfg.preset})
     return results
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _last_evals(out_dir: Path) -> dict | None:

@@ -18,8 +18,10 @@ Storage: a SQLite file in the output folder by default (re-running continues the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import time
 from pathlib import Path
 
 from compose import config as config_mod
@@ -57,17 +59,46 @@ def storage_url(url: str | None, out_dir: Path) -> str:
     return url
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """Serialise schema creation of a SQLite study between processes (Optuna's migration races otherwise)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(url[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_study(url: str, name: str, settings: dict, multi: bool):
     import optuna
+    import sqlalchemy.exc
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     directions = ["maximize", "minimize"] if multi else ["maximize"]
     sampler = optuna.samplers.TPESampler(seed=None, multivariate=True) if not multi else \
         optuna.samplers.NSGAIISampler()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
+    for attempt in range(5):  # two machines creating one server study at once: the loser retries
+        try:
+            with _creation_lock(url):
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                            sampler=sampler, pruner=pruner, load_if_exists=True)
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+        except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+            raise ComposeError(f"cannot open study storage '{url}': {str(exc).splitlines()[0]}") from exc
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)

@@ -111,6 +111,7 @@ def _training_args(cls, cfg: TrainConfig, epochs: float, lr: float, output_dir: 
 def _trainer_scope(model: PeftModel, frozen_rows: slice | None):
     """Undo what a TRL trainer leaves behind on the shared model (fused-head forward, extra adapters, hooks)."""
     base = model.get_base_model()
+    use_cache = base.config.use_cache  # trainers switch the KV cache off; generation wants it back
     had_forward = "forward" in base.__dict__
     saved_forward = base.__dict__.get("forward")
     handle = freeze_rows(model, frozen_rows) if frozen_rows is not None else None
@@ -125,6 +126,7 @@ def _trainer_scope(model: PeftModel, frozen_rows: slice | None):
         else:
             base.__dict__.pop("forward", None)
         _drop_extra_adapters(model)
+        base.config.use_cache = use_cache
         model.eval()
 
 

@@ -1,0 +1,178 @@
+"""``compose eval`` (a model, optionally patched, on several risks) and ``compose risks`` (the registry).
+
+    compose eval --model smollm2-135m --patch runs/x/patch --risks tox,bias,harm --limit 16 \\
+        --data harm:eval=../shared/data/harm_advbench.jsonl --opt tox:samples=2 --out runs/eval-x
+
+prints one table row per risk (safety, raw figures with their direction, perplexity under the unpatched
+model) and writes ``results.json`` (every metric, the resolved settings) atomically into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from compose.errors import ComposeError
+
+DEFAULT_RISKS = "toxicity,bias,harmfulness"
+
+
+def evaluate_risks(model, tokenizer, risks: list, limit: int | None = None, split: str = "eval") -> dict:
+    """``{risk name: MetricResult}`` of ``model`` (a base model or a PeftModel) on each risk's ``split``."""
+    results = {}
+    for risk in risks:
+        start = time.perf_counter()
+        result = risk.evaluate(model, tokenizer, split=split, limit=limit)
+        result.seconds = time.perf_counter() - start
+        results[risk.name] = result
+    return results
+
+
+# --- compose eval -------------------------------------------------------------------------------------------
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from compose.models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"base model: {DEFAULT_MODEL} (embedded, default), tiny-random, a local dir or a HF id")
+    p.add_argument("--dtype", default="auto", help="compute dtype: auto (bf16 where fast), bf16, fp32")
+    p.add_argument("--patch", action="append", default=[], metavar="DIR",
+                   help="patch directory to apply (repeatable: several patches are composed)")
+    p.add_argument("--risks", default=DEFAULT_RISKS, help=f"comma-separated risks or aliases (default {DEFAULT_RISKS})")
+    p.add_argument("--split", default="eval", help="split to evaluate: eval (default), train, retain, retain_eval")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts of each set")
+    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH",
+                   help="replace a risk's split (default split: eval) with a .jsonl/.csv/.parquet file with a "
+                        "'prompt' column or a Hugging Face dataset id (repeatable)")
+    p.add_argument("--opt", action="append", default=[], metavar="RISK:KEY=VALUE",
+                   help="set a risk option, e.g. tox:samples=2, harm:judge=refusal:0.35 (repeatable)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where results.json goes (default runs/eval-TIMESTAMP)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+
+
+def parse_data_args(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["harm:eval=a.jsonl", "bias=b.csv"]`` -> {"harm": {"eval": "a.jsonl"}, "bias": {"eval": "b.csv"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ComposeError(f"bad --data '{item}'; expected RISK[:SPLIT]=PATH, e.g. harm:eval=advbench.jsonl")
+        risk, _, split = key.partition(":")
+        out.setdefault(risk.strip(), {})[split.strip() or "eval"] = value.strip()
+    return out
+
+
+def parse_option_args(items: list[str]) -> dict[str, dict]:
+    """``["tox:samples=2"]`` -> {"tox": {"samples": 2}} (values parsed as JSON where they are JSON)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        risk, colon, name = key.partition(":")
+        if not sep or not colon or not risk or not name:
+            raise ComposeError(f"bad --opt '{item}'; expected RISK:KEY=VALUE, e.g. tox:samples=2")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(risk.strip(), {})[name.strip()] = parsed
+    return out
+
+
+def build_risks(names: str, data: dict, options: dict) -> list:
+    """Risk instances for a comma-separated list of names, with per-risk data and options (keys may be aliases)."""
+    from risks import get_risk, risk_class
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise ComposeError("no risks given; use --risks, e.g. --risks tox,bias,harm (see `compose risks`)")
+    canonical = [risk_class(n).name for n in wanted]
+    for kind, given in (("--data", data), ("--opt", options)):
+        for key in given:
+            if risk_class(key).name not in canonical:
+                raise ComposeError(f"{kind} names risk '{key}', which is not evaluated; risks: {', '.join(canonical)}")
+    return [get_risk(name, data=_for_risk(data, name) or None, **_for_risk(options, name)) for name in canonical]
+
+
+def _for_risk(given: dict[str, dict], name: str) -> dict:
+    """The entries of ``given`` (keyed by risk names or aliases) that belong to risk ``name``, merged."""
+    from risks import risk_class
+
+    return {k: v for key, d in given.items() if risk_class(key).name == name for k, v in d.items()}
+
+
+def _apply_patches(loaded, patch_dirs: list[str]):
+    if not patch_dirs:
+        return loaded.model
+    from compose.cli import apply_patches
+
+    return apply_patches(loaded, patch_dirs)
+
+
+def eval_main(args) -> int:
+    from compose.io import atomic_write_json
+    from compose.models import load_model
+
+    if args.limit is not None and args.limit < 1:
+        raise ComposeError(f"--limit must be >= 1, got {args.limit}")
+    risks = build_risks(args.risks, parse_data_args(args.data), parse_option_args(args.opt))
+    for risk in risks:
+        risk.prompts(args.split, args.limit)  # check every data file before loading the model
+    loaded = load_model(args.model, args.dtype)
+    model = _apply_patches(loaded, args.patch)
+    start = time.perf_counter()
+    results = evaluate_risks(model, loaded.tokenizer, risks, limit=args.limit, split=args.split)
+    out_dir = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = {"model": args.model, "fingerprint": loaded.fingerprint, "patches": list(args.patch),
+              "split": args.split, "limit": args.limit, "seconds": time.perf_counter() - start,
+              "settings": {r.name: {"options": r.options, "data": {k: str(v) for k, v in r.data_sources.items()},
+                                    "teacher": r.teacher.describe()} for r in risks},
+              "risks": {name: m.to_dict() for name, m in results.items()}}
+    path = atomic_write_json(out_dir / "results.json", record)
+    if args.json:
+        print(json.dumps(record["risks"], indent=2))
+    else:
+        print(format_results(results))
+        print(f"\nwritten: {path}")
+    return 0
+
+
+def format_results(results: dict) -> str:
+    """A plain-text table: risk, safety, raw figures (with a direction arrow), perplexity."""
+    arrow = {"lower": "↓", "higher": "↑"}
+    rows = [("risk", "safety", "raw figures (↓ lower is better)", "ppl")]
+    for name, m in results.items():
+        raw = "  ".join(f"{k} {v:.3f}{arrow.get(m.directions.get(k), '')}" for k, v in m.raw.items())
+        ppl = m.fluency.get("perplexity")
+        rows.append((name, f"{m.safety:.3f}", raw, f"{ppl:.1f}" if ppl is not None and ppl == ppl else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# --- compose risks ------------------------------------------------------------------------------------------
+
+def add_risks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the full info of every risk as JSON")
+
+
+def risks_main(args) -> int:
+    from risks import list_risks
+
+    rows = list_risks()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        sizes = ", ".join(f"{k} {v}" for k, v in r["data"].items())
+        aliases = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']}{aliases}  [{r['origin']}]")
+        print(f"  {r['description']}")
+        print(f"  data     {sizes}")
+        print(f"  teacher  {r['teacher']}")
+        print(f"  metric   {r['metric']}")
+        print(f"  patch    {r['default_tokens']} tokens, init '{r['init_text']}'")
+        for key in ("after", "requires", "conflicts"):
+            if r[key]:
+                print(f"  {key:<8} {', '.join(r[key])}")
+    return 0

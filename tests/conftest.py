@@ -1,0 +1,23 @@
+"""Shared test fixtures: the tiny random model (offline, deterministic) and the real benchmark data folder."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo root
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A session-wide 2-layer random Llama ``LoadedModel`` in fp32. Do not train or mutate it in place."""
+    from compose.models import load_model
+
+    return load_model("tiny-random", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real benchmark sets); tests using it are skipped where it is missing."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not found")
+    return SHARED_DATA

@@ -1,0 +1,161 @@
+"""`compose run` end to end on the tiny model with the smoke preset: every strategy, resume, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from compose import config as config_mod
+from compose import run as run_mod
+from compose.artifact import patch_matrix, read_manifest, verify_patch
+from compose.cli import main
+from compose.forgetting import ForgettingMatrix
+from compose.models import load_model
+from strategies import STRATEGIES
+
+STRATEGY_NAMES = list(STRATEGIES)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-random")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    # one cache for the module: the risks' training data is built once and shared by the runs, as in real use
+    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
+
+
+def run(tiny, out, risks="tox,bias", strategy="sequential-replay", **flags):
+    cfg = config_mod.resolve({}, risks=risks, strategy=strategy, model="tiny-random", preset="smoke", **flags)
+    return run_mod.execute(cfg, out, loaded=tiny)
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_every_strategy_two_risks(tiny, tmp_path, strategy):
+    results = run(tiny, tmp_path / strategy, strategy=strategy)
+    m = ForgettingMatrix.load(tmp_path / strategy / "forgetting.json")
+    assert m.risks == ["toxicity", "bias"]
+    kinds = [r.kind for r in m.rows]
+    if strategy in ("concatenated", "merged"):
+        assert kinds == ["base", "specialist", "specialist", "composed"]
+    elif strategy == "joint":
+        assert kinds == ["base", "composed"]
+    else:
+        assert kinds == ["base", "stage", "stage"]
+        assert results["summary"]["bwt"]["value"] is not None
+    for row in m.rows:
+        assert all(0.0 <= row.scores[r] <= 1.0 for r in m.risks)
+    manifest = verify_patch(tmp_path / strategy / "patch", tiny.fingerprint)
+    assert {s["risk"] for s in manifest["risks"]} == {"toxicity", "bias"}
+    for name in ("config.yaml", "results.json", "report.md", "forgetting.png"):
+        assert (tmp_path / strategy / name).is_file(), name
+    assert (tmp_path / strategy / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("strategy", [pytest.param("sequential-replay", marks=pytest.mark.slow), "stacked",
+                                      pytest.param("concatenated", marks=pytest.mark.slow)])
+def test_three_risks(tiny, tmp_path, strategy):
+    run(tiny, tmp_path, risks="tox,bias,harm", strategy=strategy, tokens="tox=3,bias=2,harm=4")
+    m = ForgettingMatrix.load(tmp_path / "forgetting.json")
+    assert len(m.rows) == 4 if strategy != "concatenated" else len(m.rows) == 5
+    manifest = read_manifest(tmp_path / "patch")
+    total = 9
+    assert manifest["num_virtual_tokens"] == total
+    if strategy == "sequential-replay":
+        assert all(s == {"risk": s["risk"], "start": 0, "tokens": total} for s in manifest["risks"])
+        assert (tmp_path / "replay.json").is_file()
+    else:
+        assert manifest["risks"] == [{"risk": "toxicity", "start": 0, "tokens": 3},
+                                     {"risk": "bias", "start": 3, "tokens": 2},
+                                     {"risk": "harmfulness", "start": 5, "tokens": 4}]
+
+
+def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_path, monkeypatch):
+    references = []
+    real = run_mod.train_dpo
+
+    def spy(model, tok, pairs, cfg, reference=None, frozen_rows=None, desc=""):
+        references.append((None if reference.prefix is None else reference.prefix.clone(), frozen_rows))
+        return real(model, tok, pairs, cfg, reference=reference, frozen_rows=frozen_rows, desc=desc)
+
+    monkeypatch.setattr(run_mod, "train_dpo", spy)
+    run(tiny, tmp_path, risks="tox,bias,harm", strategy="stacked", tokens="3")
+    first, _ = patch_matrix(tmp_path / "stages" / "01-toxicity" / "patch")
+    second, _ = patch_matrix(tmp_path / "stages" / "02-bias" / "patch")
+    final, _ = patch_matrix(tmp_path / "patch")
+    assert torch.equal(final[:3], first) and torch.equal(final[:6], second)
+    assert references[0][0] is None
+    assert torch.equal(references[1][0], first) and references[1][1] == slice(0, 3)
+    assert torch.equal(references[2][0], second) and references[2][1] == slice(0, 6)
+
+
+def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
+    calls = []
+    real = run_mod.RunContext.train
+
+    def crash_in_stage_2(self, model, sft, pairs, **kw):
+        calls.append(kw.get("desc"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, model, sft, pairs, **kw)
+
+    monkeypatch.setattr(run_mod.RunContext, "train", crash_in_stage_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, tmp_path, strategy="sequential")
+    assert (tmp_path / "stages" / "01-toxicity" / "stage.json").is_file()
+    assert not (tmp_path / "stages" / "02-bias" / "stage.json").exists()
+    stage1 = (tmp_path / "stages" / "01-toxicity" / "patch" / "adapter_model.safetensors").read_bytes()
+    calls.clear()
+    monkeypatch.setattr(run_mod.RunContext, "train", lambda self, *a, **kw: calls.append(kw["desc"]) or real(self, *a, **kw))
+    run(tiny, tmp_path, strategy="sequential")
+    assert len(calls) == 1 and "bias" in calls[0]
+    assert (tmp_path / "stages" / "01-toxicity" / "patch" / "adapter_model.safetensors").read_bytes() == stage1
+    m = ForgettingMatrix.load(tmp_path / "forgetting.json")
+    assert [r.name for r in m.rows] == ["base", "toxicity", "bias"]
+
+
+def test_resume_refuses_other_settings(tiny, tmp_path):
+    run(tiny, tmp_path, strategy="joint")
+    with pytest.raises(Exception, match="other settings"):
+        run(tiny, tmp_path, strategy="sequential")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "sequentail"], "unknown strategy 'sequentail' (did you mean 'sequential'?)"),
+    (["--risks", "tox,biass"], "unknown risk"),
+    (["--risks", "tox,toxicity"], "named twice"),
+    (["--tokens", "harm=3"], "not in this run"),
+    (["--tokens", "tox=0"], "positive integer"),
+    (["--tokens", "tox=-2"], "positive integer"),
+    (["--replay", "1.5"], "replay share must be in [0, 1)"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--data", "harm-eval.jsonl"], "bad --data"),
+])
+def test_bad_input_exits_2(tmp_path, capsys, args, message):
+    base = ["run", "--model", "tiny-random", "--preset", "smoke", "--output-dir", str(tmp_path / "r")]
+    if "--risks" not in args:
+        base += ["--risks", "tox,bias"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_cli_run_and_report(tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
+                 "--strategy", "sequential", "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "final average safety" in text and "toxicity" in text
+    saved = config_mod.load_config_file(out / "config.yaml")
+    assert saved["strategy"] == "sequential" and saved["tokens"] == {"toxicity": 4, "bias": 4}
+    assert main(["run", "--resume", "--output-dir", str(out)]) == 0  # everything finished: nothing retrained
+    other = tmp_path / "cli-joint"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
+                 "--strategy", "joint", "--output-dir", str(other)]) == 0
+    assert main(["report", str(out), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+    assert "sequential" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert json.loads((out / "results.json").read_text())["strategy"] == "sequential"

@@ -1,0 +1,63 @@
+"""Capacity search with Optuna on the tiny model: budgets, storage, resuming, two processes on one study."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from compose import config as config_mod
+from compose.errors import ComposeError
+from compose.models import load_model
+from compose.search import allocate, search, storage_url
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
+
+
+@pytest.mark.parametrize("total", [3, 7, 20, 61])
+def test_allocations_respect_the_budget(total):
+    for weights in ({"a": 0.0, "b": 0.0, "c": 0.0}, {"a": 1.0, "b": 0.0, "c": 0.0}, {"a": 0.3, "b": 0.3, "c": 0.9}):
+        tokens = allocate(weights, total)
+        assert sum(tokens.values()) == total and min(tokens.values()) >= 1
+
+
+def test_impossible_budget_and_storage_errors(tmp_path):
+    with pytest.raises(ComposeError, match="budget 2 is smaller than 3 risks"):
+        allocate({"a": 1, "b": 1, "c": 1}, 2)
+    with pytest.raises(ComposeError, match="unknown storage URL 'redis://x'"):
+        storage_url("redis://x", tmp_path)
+    assert storage_url(None, tmp_path).startswith("sqlite:///")
+
+
+def test_search_resumes_and_refuses_other_risks(tmp_path):
+    tiny = load_model("tiny-random")
+    base = config_mod.resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
+    first = search(base, budget=6, trials=3, out_dir=tmp_path, loaded=tiny)
+    assert first["trials"] == 3 and first["completed"] >= 1
+    best = first["best"][0]["tokens"]
+    assert sum(best.values()) == 6
+    again = search(base, budget=6, trials=1, out_dir=tmp_path, loaded=tiny)
+    assert again["trials"] == 4
+    for name in ("trials.md", "best.yaml", "optimization_history.png", "study.db"):
+        assert (tmp_path / name).is_file(), name
+    assert config_mod.load_config_file(tmp_path / "best.yaml")["tokens"] == best
+    other = config_mod.resolve({}, risks="tox,harm", strategy="stacked", model="tiny-random", preset="smoke")
+    with pytest.raises(ComposeError, match="created for other settings"):
+        search(other, budget=6, trials=1, out_dir=tmp_path, study_name=first["study"], loaded=tiny)
+
+
+def test_two_processes_share_one_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    cmd = [sys.executable, "-m", "compose.cli", "search", "--risks", "tox,bias", "--strategy", "sequential",
+           "--model", "tiny-random", "--preset", "smoke", "--budget", "4", "--trials", "1", "--storage", url,
+           "--study", "shared"]
+    procs = [subprocess.Popen(cmd + ["--output-dir", str(tmp_path / f"p{i}")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert len(study.trials) == 2
+    assert all(sum(t.user_attrs["tokens"].values()) == 4 for t in study.trials if "tokens" in t.user_attrs)
