@@ -49,11 +49,13 @@ class BestOfNTeacher(Teacher):
     """Sample ``n`` responses per prompt from the base model; the risk's score ranks them.
 
     chosen = the highest-scored sample, rejected = the lowest-scored one (``None`` when all score the same).
+    Sampling at temperature 0.7 / top-p 0.9 keeps the 135M model's samples fluent (at 1.0 many are noise,
+    and noise is often "safe").
     """
 
     name = "best-of-n"
 
-    def __init__(self, n: int = 4, temperature: float = 1.0, top_p: float = 0.95):
+    def __init__(self, n: int = 4, temperature: float = 0.7, top_p: float = 0.9):
         if n < 2:
             raise ComposeError(f"best-of-n needs n >= 2, got {n}")
         self.n, self.temperature, self.top_p = n, temperature, top_p
@@ -75,7 +77,7 @@ class BestOfNTeacher(Teacher):
         return out
 
     def describe(self) -> str:
-        return f"best-of-{self.n} (base model samples ranked by the risk's score)"
+        return f"best-of-{self.n} (base model samples at T={self.temperature} ranked by the risk's score)"
 
 
 class PrefillTeacher(Teacher):

@@ -87,7 +87,7 @@ class Toxicity(Risk):
     def make_teacher(self) -> Teacher:
         from risks.teachers import BestOfNTeacher
 
-        return BestOfNTeacher(self.options["teacher_n"], top_p=self.options["top_p"])
+        return BestOfNTeacher(self.options["teacher_n"])
 
     def toxicity(self, responses: list[str]) -> list[float]:
         """tox(y) in [0, 1] for each response."""
