@@ -15,11 +15,12 @@ continual-learning libraries disagree on them (see DESIGN.md, section 3).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from compose.io import atomic_write_json
 
 KINDS = ("base", "stage", "specialist", "composed")
 DIRECTIONS = ("lower", "higher")
@@ -209,16 +210,8 @@ class ForgettingMatrix:
         return matrix
 
     def save(self, path) -> Path:
-        """Write JSON atomically (temp sibling, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write JSON atomically (temp sibling, then rename)."""
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> ForgettingMatrix:

@@ -10,11 +10,11 @@ as JSON (atomically), so a resumed run replays exactly the same items.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 from compose.errors import ComposeError
+from compose.io import atomic_write_json
 
 KINDS = ("sft", "pairs")
 FORMAT = 1
@@ -115,16 +115,8 @@ class ReplayBuffer:
         return buffer
 
     def save(self, path) -> Path:
-        """Write the buffer as JSON atomically (temp sibling, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write JSON atomically (temp sibling, then rename)."""
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> ReplayBuffer:

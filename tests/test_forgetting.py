@@ -194,7 +194,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("compose.forgetting.os.replace", fail)
+    monkeypatch.setattr("compose.io.os.replace", fail)
     with pytest.raises(OSError):
         sequential().save(path)
     assert path.read_text() == before

@@ -117,7 +117,7 @@ def test_save_load_round_trip(tmp_path):
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = buffer(tox=(1, 1)).save(tmp_path / "replay.json")
     before = path.read_text()
-    monkeypatch.setattr("compose.replay.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr("compose.io.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         buffer(tox=(9, 9)).save(path)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["replay.json"]
