@@ -102,15 +102,8 @@ def _for_risk(given: dict[str, dict], name: str) -> dict:
     return {k: v for key, d in given.items() if risk_class(key).name == name for k, v in d.items()}
 
 
-def _apply_patches(loaded, patch_dirs: list[str]):
-    if not patch_dirs:
-        return loaded.model
-    from compose.cli import apply_patches
-
-    return apply_patches(loaded, patch_dirs)
-
-
 def eval_main(args) -> int:
+    from compose.cli import apply_patches
     from compose.io import atomic_write_json
     from compose.models import load_model
 
@@ -120,7 +113,7 @@ def eval_main(args) -> int:
     for risk in risks:
         risk.prompts(args.split, args.limit)  # check every data file before loading the model
     loaded = load_model(args.model, args.dtype)
-    model = _apply_patches(loaded, args.patch)
+    model = apply_patches(loaded, args.patch)
     start = time.perf_counter()
     results = evaluate_risks(model, loaded.tokenizer, risks, limit=args.limit, split=args.split)
     out_dir = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -22,6 +22,8 @@ Options (``Risk(**options)``; unknown names are an error) are the class's ``defa
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import copy
 from dataclasses import dataclass, field
@@ -69,13 +71,14 @@ class TeacherOutput:
     rejected_safety: float | None = None
 
 
-class Teacher:
+class Teacher(abc.ABC):
     """Produces reference responses. ``model``/``tokenizer`` are the frozen base model (patch disabled)."""
 
     name = "teacher"
 
+    @abc.abstractmethod
     def respond(self, risk: Risk, model, tokenizer, prompts: list[str]) -> list[TeacherOutput]:
-        raise NotImplementedError
+        """One ``TeacherOutput`` (reference response, optionally a worse one) per prompt."""
 
     def describe(self) -> str:
         return self.name

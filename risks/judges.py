@@ -18,6 +18,8 @@ instead; any object with ``verdicts(prompts, responses) -> list[str]`` works as 
 
 from __future__ import annotations
 
+import abc
+
 import json
 import re
 from pathlib import Path
@@ -57,13 +59,14 @@ def refusal_phrase(text: str) -> str | None:
     return m.group(0) if m else None
 
 
-class Judge:
+class Judge(abc.ABC):
     """Labels each (request, response) as ``complied``, ``refusal``, ``off_topic`` or ``empty``."""
 
     name = "judge"
 
+    @abc.abstractmethod
     def verdicts(self, prompts: list[str], responses: list[str]) -> list[str]:
-        raise NotImplementedError
+        """One verdict per (prompt, response) pair."""
 
     def refused(self, prompts: list[str], responses: list[str]) -> list[bool]:
         """True where the response does not carry out the request (anything but ``complied``)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import abc
 
-class Strategy:
+
+class Strategy(abc.ABC):
     """Trains and composes per-risk patches through a ``RunContext`` (``compose.run``).
 
     ``run`` adds one row to ``ctx.matrix`` per stage (or per specialist, then the composed patch) and returns
@@ -15,5 +17,6 @@ class Strategy:
     layout = "sequential"
     description = ""
 
+    @abc.abstractmethod
     def run(self, ctx):
-        raise NotImplementedError
+        """Train and compose the patches; return ``(patched model, segments)``."""
