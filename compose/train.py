@@ -186,8 +186,11 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
 
     args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
                           packing=False)
-    return SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
-                      callbacks=list(callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
+                         callbacks=list(callbacks))
+    if _dense_head():
+        use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
+    return trainer
 
 
 def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainConfig, output_dir: str,
@@ -200,7 +203,60 @@ def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainC
     trainer = PatchDPOTrainer(model=model, args=args, train_dataset=dpo_dataset(pairs), processing_class=tokenizer,
                               callbacks=list(callbacks), reference=reference or Reference())
     _drop_extra_adapters(model)  # TRL's copy of the patch as reference: unused, the reference is precomputed
+    if _dense_head():
+        use_dense_lm_head(model, ("log_probs", "entropy", "mean_logits", "is_top1"))
     return trainer
+
+
+def _dense_head() -> bool:
+    """Dense LM head on CPU (see ``use_dense_lm_head``); TRL's tiled kernel where Triton runs it."""
+    return not torch.cuda.is_available() and os.environ.get("COMPOSE_TRL_LM_HEAD") != "1"
+
+
+def use_dense_lm_head(model: PeftModel, outputs: tuple[str, ...]) -> None:
+    """Score the trained positions with one dense LM-head matmul instead of TRL's tiled kernel, on CPU.
+
+    TRL's trainers install a "fused" LM head that projects the scored positions through the vocabulary in tiles
+    and folds each tile into running statistics: on a GPU with Triton this saves memory, but on a CPU its
+    fallback runs a dozen element-wise passes per tile and takes about half of every step. Only the completion
+    positions are scored (a few hundred per batch), so their full logits are small: one bf16 matmul, then
+    ``log_softmax`` in float32. Same fields, same values (within float rounding) as TRL's head.
+    """
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    base = model.get_base_model()
+    trl_forward = base.__dict__["forward"]  # TRL's fused forward; the plain forward is what it wraps
+
+    def forward(*args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head or shift_labels is not None:
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = base.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        mask = targets != -100
+        logits = base.get_output_embeddings()(hidden[mask]).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        picked = logp.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+
+        def scatter(values):
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        fields = {"log_probs": scatter(picked)}
+        with torch.no_grad():
+            detached = logp.detach()
+            if "entropy" in outputs:
+                fields["entropy"] = scatter(-(detached.exp() * detached).sum(-1))
+            if "mean_logits" in outputs:
+                fields["mean_logits"] = scatter(logits.detach().mean(-1))
+            if "is_top1" in outputs:
+                fields["is_top1"] = scatter(detached.argmax(-1) == targets[mask])
+            if "log_sum_sq_probs" in outputs:
+                fields["log_sum_sq_probs"] = scatter(torch.logsumexp(2 * detached, dim=-1))
+        count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-fields["log_probs"].sum() / count, label_mask=mask, **fields)
+
+    base.forward = forward
 
 
 def _drop_extra_adapters(model: PeftModel) -> None:

@@ -7,7 +7,8 @@ import torch
 
 from compose.models import load_model
 from compose.patch import attach_patch, count_parameters, get_prompt
-from compose.train import Reference, TrainConfig, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo, train_sft
+from compose.train import (Reference, TrainConfig, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo, train_sft,
+                           use_dense_lm_head)
 
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
 PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
@@ -85,6 +86,37 @@ def test_precomputed_reference_matches_policy_positions(tiny, tmp_path):
     assert not torch.allclose(base_batch["ref_chosen_logps"], batch["ref_chosen_logps"], atol=1e-3)
     with torch.no_grad():
         assert abs(plain.compute_loss(model, base_batch).item() - math.log(2)) > 1e-3
+
+
+def test_dense_lm_head_equals_trl_head(tiny, tmp_path, monkeypatch):
+    """The CPU dense head gives TRL's tiled head's log-probs, metrics and patch gradient."""
+    monkeypatch.setenv("COMPOSE_TRL_LM_HEAD", "1")
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    trainer = make_sft_trainer(model, tiny.tokenizer, SFT[:4], TrainConfig(batch_size=4), str(tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    fields = ("log_probs", "entropy", "is_top1", "label_mask")
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    fused_lm_head=True)
+        out.loss.backward()
+        return {f: getattr(out, f).detach().float() for f in fields}, get_prompt_grad(model)
+
+    trl, trl_grad = run()
+    use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
+    dense, dense_grad = run()
+    model.get_base_model().__dict__.pop("forward")
+    assert trl["label_mask"].sum() > 0
+    for f in fields:
+        assert torch.allclose(trl[f], dense[f], atol=1e-4), f
+    assert torch.allclose(trl_grad, dense_grad, atol=1e-5)
+
+
+def get_prompt_grad(model):
+    from compose.patch import prompt_parameter
+
+    return prompt_parameter(model).grad.clone()
 
 
 def test_frozen_rows_stay_identical(tiny):
