@@ -71,7 +71,9 @@ class Stage:
     def finish(self, model, segments: list[Segment], training: dict, kind: str = "stage",
                trained: str | None = "") -> None:
         """Evaluate the stage's model on every risk, then write the patch, evaluation and marker (last)."""
+        self.ctx.mark(f"{self.name}: trained")
         evals = self.ctx.evaluate(model, desc=f"evaluating after {self.name}")
+        self.ctx.mark(f"{self.name}: evaluated")
         seconds = time.perf_counter() - self.start
         self.ctx.save_patch(model, self.dir / "patch", segments, f"{self.ctx.run_name}-{self.name}", training, evals)
         atomic_write_json(self.dir / "eval.json", evals)
@@ -91,6 +93,10 @@ class RunContext:
         self._risks: dict = {}
         self._data: dict = {}
         self.timings: dict[str, float] = {}
+        self.memory: dict[str, float] = {}  # peak resident memory (MiB) so far, after each phase
+
+    def mark(self, phase: str) -> None:
+        self.memory[phase] = round(_peak_rss_mb(), 1)
 
     # -- risks and data ----------------------------------------------------------------------------------
     def risk(self, name: str):
@@ -232,7 +238,9 @@ class RunContext:
         model = self.new_patch(self.cfg.tokens[risk], init_text=self.risk(risk).init_text)
         data = self.data(risk)
         training = self.train(model, data.sft, data.pairs, desc=f"{risk} specialist")
+        self.mark(f"{risk} specialist: trained")
         evals = self.evaluate(model, desc=f"evaluating the {risk} specialist")
+        self.mark(f"{risk} specialist: evaluated")
         seconds = time.perf_counter() - start
         self.save_patch(model, cached / "patch", [Segment(risk, 0, self.cfg.tokens[risk])],
                         f"{risk}-specialist", training, evals)
@@ -317,9 +325,12 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
     ctx = RunContext(cfg, out_dir, loaded, order, on_row)
     log.info(f"run {out_dir}: strategy {cfg.strategy}, order {' -> '.join(order)}, tokens "
              f"{', '.join(f'{r}={cfg.tokens[r]}' for r in order)}, preset {cfg.preset}")
+    ctx.mark("model loaded")
     for r in order:
         ctx.data(r)
+    ctx.mark("training data")
     ctx.base_row()
+    ctx.mark("base evaluation")
     model, segments = strategy.run(ctx)
     evals_last = _last_evals(out_dir)
     ctx.save_patch(model, out_dir / "patch", segments, f"{out_dir.name}", {"strategy": cfg.strategy}, evals_last)
@@ -328,11 +339,12 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
     results = {"run": out_dir.name, "strategy": cfg.strategy, "order": order, "tokens": cfg.tokens,
                "model": cfg.model, "fingerprint": loaded.fingerprint, "parameters": params,
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
-               "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(), "config": cfg.to_dict()}
+               "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(),
+               "peak_rss_mb_after": ctx.memory, "config": cfg.to_dict()}
     atomic_write_json(out_dir / "results.json", results)
     write_report(ctx.matrix, out_dir, title=f"{cfg.strategy}: {', '.join(order)} on {cfg.model}",
                  extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
-                        "preset": cfg.preset})
+                        "peak_memory_mb": round(results["peak_rss_mb"]), "preset": cfg.preset})
     return results
 
 

@@ -125,6 +125,9 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
                 "preset": base.preset, "multi_objective": multi_objective, "space": sorted(space)}
     study = open_study(url, name, settings, multi_objective)
+    if not study.trials:  # the first trial of a study is the equal split, the baseline every allocation is read against
+        params = {f"w_{r}": 1.0 for r in base.risks} | ({"total": budget} if multi_objective else {})
+        study.enqueue_trial(params, user_attrs={"equal_split": True})
     loaded = loaded or load_model(base.model, base.dtype)
 
     def objective(trial: optuna.Trial):
@@ -202,6 +205,10 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
     else:
         head += (f"Best: trial {best[0].number}, `--tokens {_tokens_flag(best_tokens[0])}`, "
                  f"value {_f(best[0].value)}\n\n")
+    equal = _equal_split(done)
+    if equal is not None:
+        head += (f"Equal split: trial {equal.number}, `--tokens {_tokens_flag(equal.user_attrs['tokens'])}`, "
+                 f"value {', '.join(_f(v) for v in equal.values)} (same evaluation as every trial)\n\n")
     atomic_write_text(out_dir / "trials.md", head + "\n".join(rows) + "\n")
     cfg = _replace(base, tokens=best_tokens[0])
     cfg.save(out_dir / "best.yaml")
@@ -209,9 +216,15 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
     summary = {"study": study.study_name, "trials": len(study.trials), "completed": len(done),
                "best": [{"trial": t.number, "tokens": t.user_attrs["tokens"], "values": t.values,
                          "tokens_flag": _tokens_flag(t.user_attrs["tokens"])} for t in best],
+               "equal_split": None if equal is None else {"trial": equal.number, "tokens": equal.user_attrs["tokens"],
+                                                          "values": equal.values},
                "plots": [str(p) for p in plots]}
     atomic_write_json(out_dir / "search.json", summary)
     return summary
+
+
+def _equal_split(done):
+    return next((t for t in done if t.user_attrs.get("equal_split")), None)
 
 
 def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
@@ -254,8 +267,8 @@ def _f(v) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from compose.cli import add_model_arguments
 
-    p.add_argument("--risks", required=True)
-    p.add_argument("--strategy", default="stacked")
+    p.add_argument("--risks", help="risks to share the budget, e.g. tox,bias,harm (or `risks:` in --config)")
+    p.add_argument("--strategy", help="strategy of every trial (default stacked)")
     add_model_arguments(p)
     p.add_argument("--preset", default=None, help="settings of every trial's run (default quick)")
     p.add_argument("--config", help="YAML run config for every trial (flags override it)")
@@ -282,7 +295,8 @@ def main(args) -> int:
     if bad:
         raise ComposeError(f"unknown --space entry '{bad[0]}'; valid: beta, lr, replay")
     file = config_mod.load_config_file(args.config) if args.config else {}
-    base = config_mod.resolve(file, risks=args.risks, strategy=args.strategy, model=args.model, dtype=args.dtype,
+    strategy = args.strategy or file.get("strategy") or "stacked"
+    base = config_mod.resolve(file, risks=args.risks, strategy=strategy, model=args.model, dtype=args.dtype,
                               preset=args.preset, seed=args.seed, train_limit=args.train_limit,
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
@@ -290,5 +304,8 @@ def main(args) -> int:
                      args.fluency_bound, args.multi_objective, space)
     for b in summary["best"]:
         print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
+    if summary["equal_split"]:
+        e = summary["equal_split"]
+        print(f"equal split (trial {e['trial']}): --tokens {_tokens_flag(e['tokens'])}  values {e['values']}")
     print(f"{summary['completed']} completed of {summary['trials']} trials; see {out}/trials.md, {out}/best.yaml")
     return 0

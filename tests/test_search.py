@@ -37,6 +37,7 @@ def test_search_resumes_and_refuses_other_risks(tmp_path):
     base = config_mod.resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
     first = search(base, budget=6, trials=3, out_dir=tmp_path, loaded=tiny)
     assert first["trials"] == 3 and first["completed"] >= 1
+    assert first["equal_split"]["trial"] == 0 and first["equal_split"]["tokens"] == {"toxicity": 3, "bias": 3}
     best = first["best"][0]["tokens"]
     assert sum(best.values()) == 6
     again = search(base, budget=6, trials=1, out_dir=tmp_path, loaded=tiny)

@@ -113,7 +113,7 @@ def dpo_reference(loaded, steps: int, batch: int) -> dict:
         out["precomputed_s"] = time.perf_counter() - start
         from trl import DPOConfig, DPOTrainer
 
-        from compose.train import _drop_extra_adapters, _training_args, dpo_dataset
+        from compose.train import _dense_head, _drop_extra_adapters, _training_args, dpo_dataset, use_dense_lm_head
 
         args = _training_args(DPOConfig, cfg, cfg.dpo_epochs, cfg.dpo_lr, tmp, beta=cfg.beta,
                               precompute_ref_log_probs=False)
@@ -121,6 +121,8 @@ def dpo_reference(loaded, steps: int, batch: int) -> dict:
         saved = base.__dict__.get("forward")
         start = time.perf_counter()
         plain = DPOTrainer(model=model, args=args, train_dataset=dpo_dataset(pairs), processing_class=loaded.tokenizer)
+        if _dense_head():  # the same LM head in both variants: only the reference differs
+            use_dense_lm_head(model, ("log_probs", "entropy", "mean_logits", "is_top1"))
         plain.train()
         out["every_step_s"] = time.perf_counter() - start
         _drop_extra_adapters(model)
