@@ -115,7 +115,8 @@ def _trainer_scope(model: PeftModel, frozen_rows: slice | None):
     had_forward = "forward" in base.__dict__
     saved_forward = base.__dict__.get("forward")
     handle = freeze_rows(model, frozen_rows) if frozen_rows is not None else None
-    prompt_parameter(model).requires_grad_(True)
+    if _is_prompt_learning(model):
+        prompt_parameter(model).requires_grad_(True)
     try:
         yield
     finally:
@@ -349,7 +350,10 @@ def reference_log_probs(model: PeftModel, reference: Reference, input_ids, atten
     Only the scored positions go through the LM head.
     """
     base = model.get_base_model()
-    with torch.no_grad():
+    # A prompt-learning patch lives outside the base model, so calling the base model directly skips it; other
+    # adapters (LoRA, for comparisons) sit inside its layers and must be switched off explicitly.
+    adapter_off = contextlib.nullcontext() if _is_prompt_learning(model) else model.disable_adapter()
+    with torch.no_grad(), adapter_off:
         embeds = base.get_input_embeddings()(input_ids)
         if reference.prefix is not None and reference.prefix.shape[0] > 0:
             n, batch = reference.prefix.shape[0], input_ids.shape[0]
@@ -365,6 +369,10 @@ def reference_log_probs(model: PeftModel, reference: Reference, input_ids, atten
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         logps[scored] = picked
     return logps
+
+
+def _is_prompt_learning(model: PeftModel) -> bool:
+    return bool(model.peft_config["default"].is_prompt_learning)
 
 
 def filter_pairs(pairs: list[dict], margin: float, min_chosen_safety: float) -> tuple[list[dict], dict]:

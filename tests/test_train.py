@@ -113,6 +113,26 @@ def test_dense_lm_head_equals_trl_head(tiny, tmp_path, monkeypatch):
     assert torch.allclose(trl_grad, dense_grad, atol=1e-5)
 
 
+def test_lora_adapter_trains_against_the_base_model(tmp_path):
+    """The same recipe trains a LoRA adapter (for comparisons); its DPO reference is the base with LoRA off."""
+    from peft import LoraConfig, get_peft_model
+
+    loaded = load_model("tiny-random")
+    model = get_peft_model(loaded.model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                    lora_dropout=0.0, task_type="CAUSAL_LM"))
+    cfg = TrainConfig(sft_epochs=2, batch_size=8, sft_lr=3e-2)
+    sft = train_sft(model, loaded.tokenizer, SFT, cfg)
+    assert sft.steps == 4 and sft.losses[-1] < sft.losses[0]
+    trainer = make_dpo_trainer(model, loaded.tokenizer, PAIRS[:4], TrainConfig(batch_size=4), str(tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    fresh = attach_patch(load_model("tiny-random").model, loaded.tokenizer, num_tokens=1)  # only its base is used
+    plain = make_dpo_trainer(fresh, loaded.tokenizer, PAIRS[:4], TrainConfig(batch_size=4), str(tmp_path / "b"))
+    base_batch = next(iter(plain.get_train_dataloader()))
+    assert torch.allclose(batch["ref_chosen_logps"], base_batch["ref_chosen_logps"], atol=1e-4)
+    with torch.no_grad():
+        assert abs(trainer.compute_loss(model, batch).item() - math.log(2)) > 1e-3  # the trained LoRA is not the base
+
+
 def get_prompt_grad(model):
     from compose.patch import prompt_parameter
 
