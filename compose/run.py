@@ -96,6 +96,9 @@ class RunContext:
         self.memory: dict[str, float] = {}  # peak resident memory (MiB) so far, after each phase
 
     def mark(self, phase: str) -> None:
+        """Record the peak memory so far, after handing freed memory back to the system (phases allocate
+        tensors of many shapes; without this, glibc keeps the freed pages and each phase starts higher)."""
+        _release_memory()
         self.memory[phase] = round(_peak_rss_mb(), 1)
 
     # -- risks and data ----------------------------------------------------------------------------------
@@ -346,6 +349,17 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
                  extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
                         "peak_memory_mb": round(results["peak_rss_mb"]), "preset": cfg.preset})
     return results
+
+
+def _release_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _peak_rss_mb() -> float:
