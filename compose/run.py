@@ -183,11 +183,12 @@ class RunContext:
         return list(getattr(self.risk(risk), kind, ()) or ()) + list(self.cfg.constraints.get(risk, {}).get(kind, []))
 
     # -- evaluation and the matrix -----------------------------------------------------------------------
-    def evaluate(self, model, desc: str = "evaluating") -> dict:
+    def evaluate(self, model, desc: str = "evaluating", risks: list[str] | None = None) -> dict:
+        """Evaluate ``model`` on ``risks`` (default: every risk of the run)."""
         from compose.evaluate import evaluate_risks
 
         log.info(desc)
-        results = evaluate_risks(model, self.loaded.tokenizer, [self.risk(r) for r in self.order],
+        results = evaluate_risks(model, self.loaded.tokenizer, [self.risk(r) for r in risks or self.order],
                                  limit=self.cfg.eval_limit)
         return {r: m.to_dict() for r, m in results.items()}
 
@@ -231,7 +232,13 @@ class RunContext:
         for path in (local, cached):
             if (path / "eval.json").is_file():
                 weights, _ = patch_matrix(path / "patch")
-                self.add_row(f"{risk} specialist", read_json(path / "eval.json"), "specialist", risk,
+                evals = read_json(path / "eval.json")
+                missing = [r for r in self.order if r not in evals]
+                if missing:  # trained by a run of fewer risks: evaluate it on this run's other risks too
+                    evals.update(self.evaluate(self.new_patch(weights.shape[0], init=weights), risks=missing,
+                                               desc=f"evaluating the {risk} specialist on {', '.join(missing)}"))
+                    atomic_write_json(path / "eval.json", evals)
+                self.add_row(f"{risk} specialist", evals, "specialist", risk,
                              read_json(path / "stage.json").get("seconds"))
                 if path != local:
                     shutil.copytree(path, local, dirs_exist_ok=True)

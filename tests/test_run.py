@@ -54,6 +54,16 @@ def test_every_strategy_two_risks(tiny, tmp_path, strategy):
     assert (tmp_path / strategy / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cached_specialist_is_evaluated_on_the_new_runs_other_risks(tiny, tmp_path):
+    """A specialist cached by a one-risk run is reused by a two-risk run, evaluated on the risk it lacked."""
+    run(tiny, tmp_path / "one", risks="tox", strategy="concatenated", tokens=5)
+    run(tiny, tmp_path / "two", risks="tox,bias", strategy="concatenated", tokens=5)
+    m = ForgettingMatrix.load(tmp_path / "two" / "forgetting.json")
+    assert m.rows[1].trained == "toxicity" and set(m.rows[1].scores) == {"toxicity", "bias"}
+    first = ForgettingMatrix.load(tmp_path / "one" / "forgetting.json")
+    assert m.rows[1].scores["toxicity"] == first.rows[1].scores["toxicity"]  # reused, not retrained
+
+
 @pytest.mark.parametrize("strategy", [pytest.param("sequential-replay", marks=pytest.mark.slow), "stacked",
                                       pytest.param("concatenated", marks=pytest.mark.slow)])
 def test_three_risks(tiny, tmp_path, strategy):
