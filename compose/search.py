@@ -145,6 +145,13 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
             changes["replay"] = trial.suggest_float("replay", 0.0, 0.5)
         cfg = _replace(base, train=train, **changes)
         trial.set_user_attr("tokens", tokens)
+        same = _same_run(study, trial, cfg)
+        if same is not None:  # the weights map to a run already done (training is deterministic): reuse it
+            for k in ("safety", "perplexity_ratio", "fluency_ok", "run_dir"):
+                if k in same.user_attrs:
+                    trial.set_user_attr(k, same.user_attrs[k])
+            trial.set_user_attr("same_as", same.number)
+            return tuple(same.values) if multi_objective else same.value
         run_dir = out_dir / "trials" / f"{name}-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
 
@@ -174,6 +181,18 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     return summarize(study, base, out_dir, multi_objective)
 
 
+def _same_run(study, trial, cfg: config_mod.RunConfig):
+    """A completed trial whose run had exactly ``cfg``'s settings, or None."""
+    import optuna
+
+    digest = cfg.digest()
+    trial.set_user_attr("config_digest", digest)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("config_digest") == digest:
+            return t
+    return None
+
+
 def _replace(obj, **changes):
     import dataclasses
 
@@ -190,7 +209,8 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
     rows = ["| trial | state | tokens | safety | perplexity ratio | fluency ok | value |", "|---|---|---|---|---|---|---|"]
     for t in study.trials:
         tokens = t.user_attrs.get("tokens")
-        rows.append(f"| {t.number} | {t.state.name.lower()} | {_tokens_flag(tokens) if tokens else ''} | "
+        state = t.state.name.lower() + (f" (= trial {t.user_attrs['same_as']})" if "same_as" in t.user_attrs else "")
+        rows.append(f"| {t.number} | {state} | {_tokens_flag(tokens) if tokens else ''} | "
                     f"{_f(t.user_attrs.get('safety'))} | {_f(t.user_attrs.get('perplexity_ratio'))} | "
                     f"{t.user_attrs.get('fluency_ok', '')} | "
                     f"{', '.join(_f(v) for v in t.values) if t.values else ''} |")

@@ -40,8 +40,13 @@ def test_search_resumes_and_refuses_other_risks(tmp_path):
     assert first["equal_split"]["trial"] == 0 and first["equal_split"]["tokens"] == {"toxicity": 3, "bias": 3}
     best = first["best"][0]["tokens"]
     assert sum(best.values()) == 6
+    study = optuna.load_study(study_name=first["study"], storage=storage_url(None, tmp_path))
+    study.enqueue_trial({"w_toxicity": 0.5, "w_bias": 0.5})  # the equal split again: reused, not rerun
     again = search(base, budget=6, trials=1, out_dir=tmp_path, loaded=tiny)
     assert again["trials"] == 4
+    last = optuna.load_study(study_name=first["study"], storage=storage_url(None, tmp_path)).trials[-1]
+    assert last.user_attrs["same_as"] == 0 and last.value == study.trials[0].value
+    assert not (tmp_path / "trials" / f"{first['study']}-0003").exists()
     for name in ("trials.md", "best.yaml", "optimization_history.png", "study.db"):
         assert (tmp_path / name).is_file(), name
     assert config_mod.load_config_file(tmp_path / "best.yaml")["tokens"] == best
