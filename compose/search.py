@@ -156,14 +156,13 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
         trial.set_user_attr("run_dir", str(run_dir))
 
         def on_row(matrix):
-            rows = [r for r in matrix.rows if r.kind != "base"]
-            if not rows or multi_objective:
+            value = None if multi_objective else intermediate_value(matrix)
+            if value is None:
                 return
-            trained = [r.trained for r in rows if r.trained] or matrix.risks
-            value = sum(rows[-1].scores[r] for r in trained) / len(trained)
-            trial.report(value, step=len(rows))
+            step = len(matrix.rows) - 1
+            trial.report(value, step=step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"stage {len(rows)}: safety {value:.3f} below the median")
+                raise optuna.TrialPruned(f"stage {step}: safety {value:.3f} below the median")
 
         results = execute(cfg, run_dir, loaded=loaded, on_row=on_row)
         safety = results["summary"]["final_average_safety"]["value"]
@@ -179,6 +178,23 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
 
     study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True)
     return summarize(study, base, out_dir, multi_objective)
+
+
+def intermediate_value(matrix) -> float | None:
+    """What a trial reports to the pruner after a row: the mean safety of the risks trained so far (for
+    specialists: each on its own risk), or None for the base row and for the last row (a finished run is
+    scored by the objective, never pruned)."""
+    rows = [r for r in matrix.rows if r.kind != "base"]
+    if not rows or rows[-1].kind == "composed":
+        return None
+    if rows[-1].kind == "specialist":  # each specialist on its own risk: what the composed patch starts from
+        own = [r.scores[r.trained] for r in rows if r.kind == "specialist"]
+        return sum(own) / len(own)
+    trained = [r.trained for r in rows if r.trained]
+    if set(trained) >= set(matrix.risks):
+        return None
+    trained = trained or matrix.risks
+    return sum(rows[-1].scores[r] for r in trained) / len(trained)
 
 
 def _same_run(study, trial, cfg: config_mod.RunConfig):

@@ -67,3 +67,24 @@ def test_two_processes_share_one_study(tmp_path):
     study = optuna.load_study(study_name="shared", storage=url)
     assert len(study.trials) == 2
     assert all(sum(t.user_attrs["tokens"].values()) == 4 for t in study.trials if "tokens" in t.user_attrs)
+
+
+def test_pruner_sees_intermediate_rows_only():
+    from compose.forgetting import ForgettingMatrix
+    from compose.search import intermediate_value
+
+    def matrix(*rows):
+        m = ForgettingMatrix(["toxicity", "bias"])
+        for name, kind, trained, scores in rows:
+            m.add_row(name, dict(zip(m.risks, scores)), kind=kind, trained=trained)
+        return m
+
+    base = ("base", "base", None, (0.5, 0.5))
+    assert intermediate_value(matrix(base)) is None
+    assert intermediate_value(matrix(base, ("toxicity", "stage", "toxicity", (0.8, 0.4)))) == 0.8
+    assert intermediate_value(matrix(base, ("toxicity", "stage", "toxicity", (0.8, 0.4)),
+                                     ("bias", "stage", "bias", (0.7, 0.9)))) is None  # finished: not pruned
+    specialists = (base, ("toxicity specialist", "specialist", "toxicity", (0.8, 0.4)),
+                   ("bias specialist", "specialist", "bias", (0.6, 0.9)))
+    assert intermediate_value(matrix(*specialists)) == pytest.approx(0.85)
+    assert intermediate_value(matrix(*specialists, ("composed", "composed", None, (0.7, 0.8)))) is None
