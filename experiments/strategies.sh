@@ -8,10 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-runs}
-RESULTS=experiments/results/strategies
+SEED=${SEED:-0}  # another seed: SEED=1 OUT=runs/seed1 RESULTS=experiments/results/strategies/seed1 bash ...
+RESULTS=${RESULTS:-experiments/results/strategies}
 STRATEGIES=(sequential-replay sequential stacked concatenated merged joint)
 for s in "${STRATEGIES[@]}"; do
-  "$BIN/compose" run --risks tox,bias,harm --strategy "$s" --output-dir "$OUT/$s"
+  "$BIN/compose" run --risks tox,bias,harm --strategy "$s" --seed "$SEED" --output-dir "$OUT/$s"
   mkdir -p "$RESULTS/$s"
   cp "$OUT/$s"/{config.yaml,forgetting.json,forgetting.png,report.md,results.json} "$RESULTS/$s/"
 done
