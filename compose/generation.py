@@ -1,7 +1,8 @@
 """Batched chat generation and perplexity, for any model (with or without a patch).
 
 Prompts are sorted by length and generated in batches with left padding, so little compute goes to
-padding; ``k`` samples per prompt come from one batched call. Results come back in the caller's order.
+padding; ``k`` samples per prompt come from one batched call (at most ``MAX_SEQUENCES`` sequences per call,
+which bounds memory). Results come back in the caller's order.
 
 A patched model (PEFT prompt tuning) generates through a *cached patch prefix*: the patch's virtual tokens
 are the same for every request and come first, so their keys/values in every layer are computed once per
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+
+MAX_SEQUENCES = 32  # sequences per generate call: memory grows ~50 MB per sequence on the embedded model
 
 
 @dataclass
@@ -106,7 +110,8 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     prefix = PrefixCache(model) if cached and is_patched(model) else None
     k = config.samples
     try:
-        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        per_call = min(config.batch_size, max(1, MAX_SEQUENCES // k))  # k samples per prompt: fewer prompts
+        batches = [order[i:i + per_call] for i in range(0, len(order), per_call)]
         for b, idx in enumerate(tqdm(batches, desc=desc or "generating", unit="batch", leave=False,
                                      disable=len(batches) < 2)):
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)

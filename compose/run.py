@@ -38,6 +38,10 @@ from compose.train import Reference, train_dpo, train_sft
 
 log = logging.getLogger("compose.run")
 
+# Part of every cache key (teacher data, base evaluations, specialists): bump it when a change to the code that
+# builds training data or computes metrics makes earlier cached results stale.
+CACHE_VERSION = "2"
+
 
 class Stage:
     """One finished-or-not stage of a run, stored under ``stages/NN-NAME``."""
@@ -120,6 +124,7 @@ class RunContext:
         local = self.out_dir / "data" / f"{name}.json"
         key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
                               "margin", "min_chosen_safety") + "-" + self._data_key(name)
+        key = f"v{CACHE_VERSION}-{key}"
         cached = cache_dir() / "data" / f"{self.loaded.fingerprint.split(':')[-1]}-{name}-{key}.json"
         for path in (local, cached):
             if path.is_file():
@@ -194,7 +199,8 @@ class RunContext:
 
     def base_row(self) -> None:
         """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
-        key = self.cfg.digest("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
+        key = f"v{CACHE_VERSION}-" + self.cfg.digest("model", "dtype", "eval_limit", "max_new_tokens", "samples",
+                                                     "seed", "data")
         path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
         cached = read_json(path) if path.is_file() else {}
         missing = [r for r in self.order if r not in cached]
@@ -227,6 +233,7 @@ class RunContext:
         local = self.out_dir / "specialists" / risk
         key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
                               "margin", "min_chosen_safety", "train", "eval_limit", "data") + self._data_key(risk)
+        key = f"v{CACHE_VERSION}-{key}"
         cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
                                                f"{self.cfg.tokens[risk]}-{key}"
         for path in (local, cached):
@@ -402,7 +409,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", help="sequential, sequential-replay (default), stacked, concatenated, merged, joint")
     add_model_arguments(p)
     p.set_defaults(model=None, dtype=None)
-    p.add_argument("--preset", help="smoke (seconds), quick (default, ~15 min on 2 CPU cores), paper (GPU)")
+    p.add_argument("--preset", help="smoke (seconds), quick (default, ~10 min on 2 CPU cores), paper (GPU)")
     p.add_argument("--tokens", help="virtual tokens per risk, e.g. tox=20,bias=20,harm=10, or one number for all")
     p.add_argument("--replay", type=float, help="share of each later stage's data replayed from earlier risks")
     p.add_argument("--seed", type=int)
