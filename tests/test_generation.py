@@ -53,3 +53,23 @@ def test_perplexity_is_finite(patched):
     tiny, model = patched
     ppl = perplexity(tiny.model, tiny.tokenizer, PROMPTS[:2], ["Paris is the capital.", "Mix flour and water."])
     assert 1.0 < ppl < 1e4
+
+
+def test_sequences_per_call_are_bounded(monkeypatch):
+    """k samples per prompt: fewer prompts per generate call, so a call never holds more than MAX_SEQUENCES."""
+    import compose.generation as gen
+
+    tiny = load_model("tiny-random")
+    monkeypatch.setattr(gen, "MAX_SEQUENCES", 4)
+    sizes = []
+    original = tiny.model.generate
+
+    def recording(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0] * kwargs.get("num_return_sequences", 1))
+        return original(**kwargs)
+
+    monkeypatch.setattr(tiny.model, "generate", recording)
+    out = generate(tiny.model, tiny.tokenizer, [f"prompt {i}" for i in range(5)],
+                   GenerationConfig(max_new_tokens=2, samples=2, batch_size=16))
+    assert [len(o) for o in out] == [2] * 5
+    assert sizes == [4, 4, 2]
