@@ -122,9 +122,8 @@ class RunContext:
         if name in self._data:
             return self._data[name]
         local = self.out_dir / "data" / f"{name}.json"
-        key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
-                              "margin", "min_chosen_safety") + "-" + self._data_key(name)
-        key = f"v{CACHE_VERSION}-{key}"
+        key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety", suffix="-" + self._data_key(name))
         cached = cache_dir() / "data" / f"{self.loaded.fingerprint.split(':')[-1]}-{name}-{key}.json"
         for path in (local, cached):
             if path.is_file():
@@ -144,6 +143,10 @@ class RunContext:
         self._data[name] = data
         log.info(f"{name} data: {len(data.sft)} SFT examples, {len(data.pairs)} pairs ({_stats(data.stats)})")
         return data
+
+    def _cache_key(self, *settings: str, suffix: str = "") -> str:
+        """Key of a cached result: the cache version and a hash of the settings it depends on."""
+        return f"v{CACHE_VERSION}-{self.cfg.digest(*settings)}{suffix}"
 
     def _data_key(self, name: str) -> str:
         import hashlib
@@ -199,8 +202,7 @@ class RunContext:
 
     def base_row(self) -> None:
         """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
-        key = f"v{CACHE_VERSION}-" + self.cfg.digest("model", "dtype", "eval_limit", "max_new_tokens", "samples",
-                                                     "seed", "data")
+        key = self._cache_key("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
         path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
         cached = read_json(path) if path.is_file() else {}
         missing = [r for r in self.order if r not in cached]
@@ -231,9 +233,8 @@ class RunContext:
     def specialist(self, risk: str) -> torch.Tensor:
         """A single-risk patch trained from the base model (reused from the run folder or the cache)."""
         local = self.out_dir / "specialists" / risk
-        key = self.cfg.digest("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
-                              "margin", "min_chosen_safety", "train", "eval_limit", "data") + self._data_key(risk)
-        key = f"v{CACHE_VERSION}-{key}"
+        key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety", "train", "eval_limit", "data", suffix=self._data_key(risk))
         cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
                                                f"{self.cfg.tokens[risk]}-{key}"
         for path in (local, cached):
@@ -371,9 +372,12 @@ def _release_memory() -> None:
 
     gc.collect()
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): the allocator keeps its pages, only the peak figure is recorded
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _peak_rss_mb() -> float:
