@@ -333,6 +333,9 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
 
     out_dir = Path(out_dir)
     _check_resume(cfg, out_dir)
+    if (out_dir / "results.json").is_file() and (out_dir / "patch").is_dir():  # written last: the run is finished
+        log.info(f"run {out_dir}: finished earlier; its results are kept (delete results.json to redo the report)")
+        return read_json(out_dir / "results.json")
     cfg.save(out_dir / "config.yaml")
     start = time.perf_counter()
     loaded = loaded or load_model(cfg.model, cfg.dtype)

@@ -9,11 +9,18 @@ real sets of ../shared/data (RealToxicityPrompts challenging prefixes, AdvBench 
 gendered professions; the same sets and sampling as experiments/bench/risk_metrics.py): each specialist on its
 own risk, the base model and the composed patch on all three. Writes
 experiments/results/single_risk/{results.json,report.md}.
+
+Over seeds (one --out folder per seed, e.g. single_risk/seed0, seed1, ...; the specialists and composed patch of
+that seed's runs), the mean ± sample standard deviation of every figure:
+
+    .venv/bin/python experiments/single_risk.py --aggregate experiments/results/single_risk
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +31,7 @@ sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 
 from compose.artifact import load_patch, read_manifest  # noqa: E402
 from compose.evaluate import evaluate_risks  # noqa: E402
-from compose.io import atomic_write_json, atomic_write_text  # noqa: E402
+from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from compose.models import load_model  # noqa: E402
 from risk_metrics import DATA, real_risks  # noqa: E402
 
@@ -58,15 +65,63 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+LABELS = (("base", "base"), ("own patch", "specialists"), ("composed patch", "composed"))
+
+
+def aggregate(folder: Path) -> str:
+    """summary.{json,md} of FOLDER/seedN/results.json: mean ± std of safety, headline metrics, perplexity."""
+    seeds = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                   if (m := re.fullmatch(r"seed(\d+)", p.name)) and (p / "results.json").is_file())
+    if not seeds:
+        raise SystemExit(f"single_risk: '{folder}' has no seedN/results.json; run with --out {folder}/seed0 first")
+    runs = [read_json(p / "results.json") for _, p in seeds]
+    summary: dict = {"seeds": [s for s, _ in seeds], "limit": runs[0]["limit"], "rows": []}
+    for risk in runs[0]["base"]:
+        for label, key in LABELS:
+            evals = [r[key][risk] for r in runs if risk in r.get(key, {})]
+            if not evals:
+                continue
+            figures = {"safety": [e["safety"] for e in evals], "perplexity": [e["fluency"].get("perplexity") for e in evals]}
+            for name in HEADLINE[risk]:
+                figures[name] = [e["raw"][name] for e in evals]
+            summary["rows"].append({"risk": risk, "model": label, "n": len(evals), **{
+                k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "values": v}
+                for k, v in figures.items()}})
+    atomic_write_json(folder / "summary.json", summary)
+
+    def cell(f: dict, digits: int = 3) -> str:
+        return f"{f['mean']:.{digits}f}" + (f" ± {f['std']:.{digits}f}" if f["std"] is not None else "")
+
+    lines = [f"# Single-risk patches on the real sets, seeds {', '.join(map(str, summary['seeds']))} "
+             f"({summary['limit']} prompts per set)", "",
+             "Mean ± sample standard deviation over the seeds (n). Own patch: the risk's single-risk specialist of "
+             "that seed; composed patch: that seed's three-risk sequential-replay patch. Evaluation sampling is "
+             "seeded the same way in every seed, so the base model's rows do not vary.", "",
+             "| risk | model | n | safety | headline metrics | perplexity |", "|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        raw = ", ".join(f"{name} {cell(row[name])}" for name in HEADLINE[row["risk"]])
+        lines.append(f"| {row['risk']} | {row['model']} | {row['n']} | {cell(row['safety'])} | {raw} | "
+                     f"{cell(row['perplexity'], 2)} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(folder / "summary.md", text)
+    return text
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--specialists", type=Path, required=True, help="folder with RISK/patch for each risk")
-    p.add_argument("--composed", type=Path, required=True, help="a composed patch directory")
+    p.add_argument("--specialists", type=Path, help="folder with RISK/patch for each risk")
+    p.add_argument("--composed", type=Path, help="a composed patch directory")
+    p.add_argument("--aggregate", type=Path, metavar="FOLDER", help="summarise FOLDER/seedN/results.json instead")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--limit", type=int, default=32)
     p.add_argument("--samples", type=int, default=4, help="toxicity samples per prompt")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "single_risk")
     args = p.parse_args()
+    if args.aggregate:
+        print(aggregate(args.aggregate))
+        return 0
+    if not (args.specialists and args.composed):
+        p.error("--specialists and --composed are required (or --aggregate FOLDER)")
 
     start = time.perf_counter()
     loaded = load_model(args.model)

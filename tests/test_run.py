@@ -126,6 +126,18 @@ def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
     assert [r.name for r in m.rows] == ["base", "toxicity", "bias"]
 
 
+def test_finished_run_keeps_its_results(tiny, tmp_path, monkeypatch):
+    """Re-running a finished run folder loads nothing, trains nothing and keeps results.json (its wall time)."""
+    first = run(tiny, tmp_path, strategy="joint")
+    saved = (tmp_path / "results.json").read_bytes()
+    monkeypatch.setattr(run_mod, "load_model", lambda *a, **kw: pytest.fail("a finished run loaded the model"))
+    monkeypatch.setattr(run_mod.RunContext, "train", lambda *a, **kw: pytest.fail("a finished run trained"))
+    again = run_mod.execute(config_mod.resolve({}, risks="tox,bias", strategy="joint", model="tiny-random",
+                                               preset="smoke"), tmp_path)
+    assert again["wall_seconds"] == first["wall_seconds"]
+    assert (tmp_path / "results.json").read_bytes() == saved
+
+
 def test_resume_refuses_other_settings(tiny, tmp_path):
     run(tiny, tmp_path, strategy="joint")
     with pytest.raises(Exception, match="other settings"):
