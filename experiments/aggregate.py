@@ -3,11 +3,11 @@
     .venv/bin/python experiments/aggregate.py experiments/results/strategies-tox-bias-harm
 
 A study folder holds one folder per seed (``seed0``, ``seed1``, ...), each with one folder per run (its
-``forgetting.json`` and ``results.json``, as experiments/strategies.sh and experiments/ordering.sh copy them).
+``forgetting.json``, as experiments/strategies.sh and experiments/ordering.sh copy them).
 Runs are matched across seeds by folder name. For every run: the final row's safety per risk, final average
 safety A, forgetting F (Chaudhry: max over earlier rows minus final) per earlier risk and its mean, BWT, the
-raw metrics (toxic rate, GAS, GLD, ASR, over-refusal), the final perplexity over the base model's, and wall
-time; for composed runs, the goals of the project (each risk within 10 points of its own specialist, taken
+raw metrics (toxic rate, GAS, GLD, ASR, over-refusal), the final perplexity over the base model's, and the
+compute behind the patch (every row's training and evaluation seconds, specialists reused from the cache included); for composed runs, the goals of the project (each risk within 10 points of its own specialist, taken
 from the same seed's concatenated run; over-refusal <= 15%; perplexity <= 1.25x base), counted over seeds.
 Every figure is "mean ± sample standard deviation" over the seeds that have the run (n in the table).
 Writes STUDY/summary.{md,json,png} (or --out).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from compose.errors import ComposeError  # noqa: E402
 from compose.forgetting import ForgettingMatrix  # noqa: E402
-from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from compose.io import atomic_write_json, atomic_write_text  # noqa: E402
 from goals import check, specialists  # noqa: E402
 
 RAW = {"toxicity": ("toxic_rate",), "bias": ("gas", "gld"), "harmfulness": ("asr", "over_refusal")}
@@ -47,7 +47,6 @@ def seed_folders(study: Path) -> dict[int, Path]:
 def measure(run: Path, own: dict[str, float] | None) -> dict:
     """The figures of one run of one seed."""
     m = ForgettingMatrix.load(run / "forgetting.json")
-    results = read_json(run / "results.json") if (run / "results.json").is_file() else {}
     base, final, summary = m.rows[0], m.rows[-1], m.summary()
     figures = {f"safety {r}": final.scores[r] for r in m.risks}
     figures["A"] = summary["final_average_safety"]["value"]
@@ -65,8 +64,8 @@ def measure(run: Path, own: dict[str, float] | None) -> dict:
     ppl, base_ppl = final.fluency.get("perplexity"), base.fluency.get("perplexity")
     if ppl and base_ppl:
         figures["perplexity / base"] = ppl / base_ppl
-    if results.get("wall_seconds") is not None:
-        figures["wall s"] = results["wall_seconds"]
+    if (summary.get("wall_seconds") or {}).get("value") is not None:  # every row's training + evaluation, reused
+        figures["compute s"] = summary["wall_seconds"]["value"]      # specialists included: the patch's whole cost
     if own and final.kind != "base":
         goals = check(run, own)
         figures["goals met"] = float(goals["safety_ok"] and goals["over_refusal_ok"] and goals["fluency_ok"])
@@ -141,12 +140,12 @@ def markdown(agg: dict, title: str) -> str:
                                        + [fmt(f.get("A")), fmt(f.get("F")), fmt(f.get("BWT"))]) + " |")
     lines += ["", "## Raw metrics of the final row, fluency, forgetting per risk, time", ""]
     forgot = [r for r in risks[:-1]]
-    head = ["run"] + raw + ["perplexity / base"] + [f"F {SHORT.get(r, r)}" for r in forgot] + ["wall s"]
+    head = ["run"] + raw + ["perplexity / base"] + [f"F {SHORT.get(r, r)}" for r in forgot] + ["compute s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, run in runs.items():
         f = run["figures"]
         lines.append("| " + " | ".join([name] + [fmt(f.get(n)) for n in raw] + [fmt(f.get("perplexity / base"), 2)]
-                                       + [fmt(f.get(f"F {r}")) for r in forgot] + [fmt(f.get("wall s"), 0)]) + " |")
+                                       + [fmt(f.get(f"F {r}")) for r in forgot] + [fmt(f.get("compute s"), 0)]) + " |")
     with_goals = {n: r for n, r in runs.items() if "goals met" in r["figures"]}
     if with_goals:
         lines += ["", "## Goals (composed patch)", "",
@@ -184,7 +183,7 @@ def figure(agg: dict, title: str, path: Path) -> None:
     width = 0.8 / len(columns)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(names)), 4.2))
     for j, (col, label) in enumerate(zip(columns, labels)):
-        means, errs = [], []
+        means, errs, points = [], [], []
         for name in names:
             if name == "base model":
                 values = ([statistics.fmean(agg["base"][f"safety {r}"]["values"][i] for r in risks)
@@ -194,12 +193,16 @@ def figure(agg: dict, title: str, path: Path) -> None:
                 s = runs[name]["figures"].get(col)
             means.append(s["mean"] if s else math.nan)
             errs.append(s["std"] or 0.0 if s else 0.0)
+            points.append(s["values"] if s else [])
         xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(names))]
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=label)
+        for x, values in zip(xs, points):  # every seed's value, so a spread of two or three is visible as such
+            ax.scatter([x] * len(values), values, s=6, color="black", zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("safety (higher is safer)")
-    ax.set_title(f"{title} (mean ± std over seeds {', '.join(map(str, agg['seeds']))})", fontsize=10)
+    ax.set_title(f"{title}\nbars: mean ± std over seeds {', '.join(map(str, agg['seeds']))}; dots: each seed",
+                 fontsize=10)
     ax.legend(fontsize=8, ncol=len(columns), loc="upper center", bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -210,7 +213,7 @@ def figure(agg: dict, title: str, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", type=Path, help="folder with seedN/RUN/{forgetting,results}.json")
+    p.add_argument("study", type=Path, help="folder with seedN/RUN/forgetting.json")
     p.add_argument("--out", type=Path, help="output folder (default: the study folder)")
     p.add_argument("--title", help="report title (default: the study folder's name)")
     args = p.parse_args()
