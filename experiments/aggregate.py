@@ -1,14 +1,17 @@
 """Mean and spread over seeds of a study's runs: final safety per risk, raw metrics, forgetting, goals.
 
     .venv/bin/python experiments/aggregate.py experiments/results/strategies-tox-bias-harm
+    .venv/bin/python experiments/aggregate.py experiments/results/ordering \
+        --specialists experiments/results/strategies-tox-bias-harm
 
 A study folder holds one folder per seed (``seed0``, ``seed1``, ...), each with one folder per run (its
 ``forgetting.json``, as experiments/strategies.sh and experiments/ordering.sh copy them).
 Runs are matched across seeds by folder name. For every run: the final row's safety per risk, final average
 safety A, forgetting F (Chaudhry: max over earlier rows minus final) per earlier risk and its mean, BWT, the
-raw metrics (toxic rate, GAS, GLD, ASR, over-refusal), the final perplexity over the base model's, and the
-compute behind the patch (every row's training and evaluation seconds, specialists reused from the cache included); for composed runs, the goals of the project (each risk within 10 points of its own specialist, taken
-from the same seed's concatenated run; over-refusal <= 15%; perplexity <= 1.25x base), counted over seeds.
+raw metrics (toxic rate, GAS, GLD, ASR, over-refusal), the final perplexity over the base model's, the compute
+behind the patch (every row's training and evaluation seconds, specialists reused from the cache included), and
+the project's goals counted over seeds (each risk within 10 points of its own specialist, from the same seed's
+concatenated run of this study or of --specialists STUDY; over-refusal <= 15%; perplexity <= 1.25x base).
 Every figure is "mean ± sample standard deviation" over the seeds that have the run (n in the table).
 Writes STUDY/summary.{md,json,png} (or --out).
 """
@@ -75,6 +78,11 @@ def measure(run: Path, own: dict[str, float] | None) -> dict:
             "matrix": [[row.name, [row.scores[r] for r in m.risks]] for row in m.rows]}
 
 
+def _risk_rank(risk: str) -> tuple[int, str]:
+    known = list(RAW)
+    return (known.index(risk) if risk in known else len(known), risk)
+
+
 def spread(values: list[float]) -> dict:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else None
@@ -88,12 +96,15 @@ def fmt(s: dict | None, digits: int = 3) -> str:
     return text + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
 
 
-def aggregate(study: Path) -> dict:
+def aggregate(study: Path, specialists_study: Path | None = None) -> dict:
+    """Every run of every seed of ``study``; the goals' specialists come from the concatenated run of the same
+    seed in ``specialists_study`` (default: ``study`` itself)."""
     per_run: dict[str, dict[int, dict]] = {}
     bases: dict[int, dict] = {}
     for seed, folder in seed_folders(study).items():
         runs = sorted(p.parent for p in folder.glob("*/forgetting.json"))
-        own = specialists(folder / "concatenated") if (folder / "concatenated" / "forgetting.json").is_file() else None
+        source = (specialists_study or study) / f"seed{seed}" / "concatenated"
+        own = specialists(source) if (source / "forgetting.json").is_file() else None
         for run in runs:
             measured = measure(run, own)
             per_run.setdefault(run.name, {})[seed] = measured
@@ -108,19 +119,19 @@ def aggregate(study: Path) -> dict:
         keys = list(dict.fromkeys(k for m in by_seed.values() for k in m["figures"]))
         figures = {k: spread([m["figures"][k] for m in by_seed.values() if k in m["figures"]]) for k in keys}
         first = next(iter(by_seed.values()))
-        shapes = {len(m["matrix"]) for m in by_seed.values()}
+        layouts = {(tuple(m["risks"]), tuple(row for row, _ in m["matrix"])) for m in by_seed.values()}
         matrix = None
-        if len(shapes) == 1:  # mean forgetting matrix, cell by cell
+        if len(layouts) == 1:  # mean forgetting matrix, cell by cell (not when seeds chose different orders)
             matrix = [[row[0], [spread([m["matrix"][i][1][j] for m in by_seed.values()])
                                 for j in range(len(first["risks"]))]] for i, row in enumerate(first["matrix"])]
         out["runs"][name] = {"seeds": sorted(by_seed), "risks": first["risks"], "figures": figures,
-                             "matrix": matrix}
+                             "matrix": matrix, "orders": {seed: m["risks"] for seed, m in by_seed.items()}}
     return out
 
 
 def markdown(agg: dict, title: str) -> str:
     runs = agg["runs"]
-    risks = next(iter(runs.values()))["risks"]
+    risks = sorted({r for run in runs.values() for r in run["risks"]}, key=_risk_rank)
     head = ["run", "n"] + [f"safety {SHORT.get(r, r)}" for r in risks] + ["A", "F", "BWT"]
     raw = [n for r in risks for n in RAW.get(r, ())]
     lines = [f"# {title}", "",
@@ -139,7 +150,7 @@ def markdown(agg: dict, title: str) -> str:
         lines.append("| " + " | ".join([name, str(f["A"]["n"])] + [fmt(f.get(f"safety {r}")) for r in risks]
                                        + [fmt(f.get("A")), fmt(f.get("F")), fmt(f.get("BWT"))]) + " |")
     lines += ["", "## Raw metrics of the final row, fluency, forgetting per risk, time", ""]
-    forgot = [r for r in risks[:-1]]
+    forgot = [r for r in risks if any(f"F {r}" in run["figures"] for run in runs.values())]
     head = ["run"] + raw + ["perplexity / base"] + [f"F {SHORT.get(r, r)}" for r in forgot] + ["compute s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, run in runs.items():
@@ -161,9 +172,12 @@ def markdown(agg: dict, title: str) -> str:
     lines += ["", "## Mean forgetting matrices (rows: stages or specialists, then the composed patch)", ""]
     for name, run in runs.items():
         if run["matrix"] is None:
+            orders = "; ".join(f"seed {seed}: {' -> '.join(order)}" for seed, order in run["orders"].items())
+            lines += [f"**{name}**: the seeds trained in different orders ({orders}); see each seed's report.", ""]
             continue
-        lines += [f"**{name}**", "", "| row | " + " | ".join(SHORT.get(r, r) for r in risks) + " |",
-                  "|" + "---|" * (len(risks) + 1)]
+        lines += [f"**{name}** (training order {' -> '.join(run['risks'])})", "",
+                  "| row | " + " | ".join(SHORT.get(r, r) for r in run["risks"]) + " |",
+                  "|" + "---|" * (len(run["risks"]) + 1)]
         lines += ["| " + " | ".join([row] + [fmt(c) for c in cells]) + " |" for row, cells in run["matrix"]]
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -176,7 +190,7 @@ def figure(agg: dict, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = agg["runs"]
-    risks = next(iter(runs.values()))["risks"]
+    risks = sorted({r for run in runs.values() for r in run["risks"]}, key=_risk_rank)
     columns = [f"safety {r}" for r in risks] + ["A"]
     labels = [SHORT.get(r, r) for r in risks] + ["A (average)"]
     names = ["base model"] + list(runs)
@@ -216,9 +230,11 @@ def main() -> int:
     p.add_argument("study", type=Path, help="folder with seedN/RUN/forgetting.json")
     p.add_argument("--out", type=Path, help="output folder (default: the study folder)")
     p.add_argument("--title", help="report title (default: the study folder's name)")
+    p.add_argument("--specialists", type=Path, metavar="STUDY",
+                   help="study whose seedN/concatenated runs give the goals' specialists (default: this study)")
     args = p.parse_args()
     try:
-        agg = aggregate(args.study)
+        agg = aggregate(args.study, args.specialists)
     except ComposeError as e:
         print(f"aggregate: {e}", file=sys.stderr)
         return 2

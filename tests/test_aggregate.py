@@ -21,11 +21,11 @@ def aggregate():
     return module
 
 
-def _matrix(path: Path, rows: list[tuple[str, str, list[float]]], ppl: float = 4.0) -> None:
-    m = ForgettingMatrix(RISKS)
+def _matrix(path: Path, rows: list[tuple[str, str, list[float]]], ppl: float = 4.0, risks=RISKS) -> None:
+    m = ForgettingMatrix(risks)
     for name, kind, scores in rows:
         trained = name.split()[0] if kind in ("stage", "specialist") else None
-        m.add_row(name, dict(zip(RISKS, scores)), raw={"toxicity": {"toxic_rate": 1 - scores[0]}},
+        m.add_row(name, dict(zip(risks, scores)), raw={"toxicity": {"toxic_rate": 1 - scores[0]}},
                   fluency={"perplexity": 8.0 if kind == "base" else ppl}, seconds=10.0, kind=kind, trained=trained)
     path.mkdir(parents=True)
     m.save(path / "forgetting.json")
@@ -72,6 +72,18 @@ def test_a_run_missing_in_one_seed_counts_the_seeds_it_has(aggregate, tmp_path):
     assert agg["runs"]["concatenated"]["figures"]["A"]["n"] == 1
     assert agg["runs"]["sequential"]["figures"]["A"]["n"] == 2
     assert agg["runs"]["sequential"]["figures"]["goals met"]["n"] == 1  # seed 1 has no specialists to compare to
+
+
+def test_seeds_that_trained_in_different_orders_get_no_mean_matrix(aggregate, tmp_path):
+    base = ("base", "base", [0.5, 0.5])
+    _matrix(tmp_path / "seed0" / "auto", [base, ("toxicity", "stage", [0.8, 0.5]), ("bias", "stage", [0.7, 0.9])])
+    _matrix(tmp_path / "seed1" / "auto", [base, ("bias", "stage", [0.9, 0.5]), ("toxicity", "stage", [0.9, 0.6])],
+            risks=["bias", "toxicity"])
+    agg = aggregate.aggregate(tmp_path)
+    auto = agg["runs"]["auto"]
+    assert auto["matrix"] is None
+    assert auto["figures"]["safety toxicity"]["values"] == pytest.approx([0.7, 0.6])  # matched by risk, not column
+    assert "seed 1: bias -> toxicity" in aggregate.markdown(agg, "orders")
 
 
 def test_a_folder_without_seeds_is_refused(aggregate, tmp_path):
