@@ -493,16 +493,19 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 def report_main(args) -> int:
     from compose.report import write_comparison, write_report
 
-    matrices = {}
+    matrices, loaded = {}, []
     for run in args.runs:
         path = Path(run) / "forgetting.json"
         if not path.is_file():
             raise ComposeError(f"'{run}' is not a finished run folder: forgetting.json is missing")
-        matrix = ForgettingMatrix.load(path)
         results = read_json(Path(run) / "results.json") if (Path(run) / "results.json").is_file() else {}
-        name = results.get("strategy") or Path(run).name
+        loaded.append((Path(run), ForgettingMatrix.load(path), results))
+    strategies = [results.get("strategy") for _, _, results in loaded]
+    by_strategy = None not in strategies and len(set(strategies)) == len(strategies)  # else name runs by folder
+    for run, matrix, results in loaded:
+        name = results["strategy"] if by_strategy else run.name
         if name in matrices:
-            name = Path(run).name
+            name = str(run)
         matrices[name] = matrix
         written = write_report(matrix, run, title=f"{name}: {', '.join(matrix.risks)}",
                                extra={k: results[k] for k in ("parameters", "tokens", "wall_seconds") if k in results})

@@ -1,6 +1,7 @@
 """`compose run` end to end on the tiny model with the smoke preset: every strategy, resume, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -180,4 +181,8 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert main(["report", str(out), str(other), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "comparison.png").is_file()
     assert "sequential" in (tmp_path / "cmp" / "comparison.md").read_text()
+    shutil.copytree(out, tmp_path / "reverse")  # two runs of one strategy: named by their folders
+    assert main(["report", str(out), str(tmp_path / "reverse"), "--out", str(tmp_path / "orders")]) == 0
+    table = (tmp_path / "orders" / "comparison.md").read_text()
+    assert "| cli-run | sequential |" in table and "| reverse | sequential |" in table
     assert json.loads((out / "results.json").read_text())["strategy"] == "sequential"
