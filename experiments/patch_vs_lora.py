@@ -135,7 +135,7 @@ def _mean_sd(values: list[float], fmt: str = ".3f") -> str:
     values = [v for v in values if v is not None]
     if not values:
         return ""
-    if len(values) == 1:
+    if len(set(values)) == 1:  # one seed, or one measurement shared by the seeds (--overhead-only)
         return f"{values[0]:{fmt}}"
     return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):.{fmt.lstrip('+')[1:]}}"
 
