@@ -36,7 +36,8 @@ from goals import check, specialists  # noqa: E402
 
 RAW = {"toxicity": ("toxic_rate",), "bias": ("gas", "gld"), "harmfulness": ("asr", "over_refusal")}
 SHORT = {"toxicity": "tox", "bias": "bias", "harmfulness": "harm"}
-ORDER = ["sequential-replay", "sequential", "stacked", "concatenated", "merged", "joint", "given", "reverse", "auto"]
+ORDER = ["sequential-replay", "sequential", "stacked", "concatenated", "merged", "joint", "given", "reverse", "auto",
+         "default"]
 
 
 def seed_folders(study: Path) -> dict[int, Path]:
