@@ -6,9 +6,7 @@
 # Runs go to $OUT (default runs/ordering/seedN); results to $RESULTS (default
 # experiments/results/ordering/seedN). Aggregate seeds with experiments/aggregate.py.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
-SEED=${SEED:-0}
+source "$(dirname "$0")/common.sh"
 OUT=${OUT:-runs/ordering/seed$SEED}
 RESULTS=${RESULTS:-experiments/results/ordering/seed$SEED}
 SAME=runs/strategies-tox-bias-harm/seed$SEED/sequential-replay
@@ -17,9 +15,7 @@ if [[ ! -e "$OUT/given" && -f "$SAME/results.json" ]]; then cp -r "$SAME" "$OUT/
 run() {  # NAME RISKS [FLAGS...]
   local name=$1 risks=$2; shift 2
   "$BIN/compose" run --risks "$risks" --strategy sequential-replay --seed "$SEED" --output-dir "$OUT/$name" "$@"
-  mkdir -p "$RESULTS/$name"
-  cp "$OUT/$name"/{config.yaml,forgetting.json,forgetting.png,report.md,results.json} "$RESULTS/$name/"
-  if [[ -f "$OUT/$name/order.json" ]]; then cp "$OUT/$name"/order.{json,png} "$RESULTS/$name/"; fi
+  keep "$OUT/$name" "$RESULTS/$name"
 }
 run given tox,bias,harm
 run reverse harm,bias,tox

@@ -8,9 +8,7 @@
 #   .venv/bin/python experiments/aggregate.py experiments/results/remedies \
 #       --specialists experiments/results/strategies-tox-bias-harm
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
-SEED=${SEED:-0}
+source "$(dirname "$0")/common.sh"
 OUT=${OUT:-runs/remedies/seed$SEED}
 RESULTS=${RESULTS:-experiments/results/remedies/seed$SEED}
 VARIANTS=(${VARIANTS:-replay-0.5 tokens-32})
@@ -21,8 +19,7 @@ for v in "${VARIANTS[@]}"; do
     *) echo "remedies.sh: unknown variant '$v'; valid: replay-SHARE, tokens-N" >&2; exit 2 ;;
   esac
   "$BIN/compose" run --risks tox,bias,harm --strategy sequential-replay --seed "$SEED" --output-dir "$OUT/$v" "${flags[@]}"
-  mkdir -p "$RESULTS/$v"
-  cp "$OUT/$v"/{config.yaml,forgetting.json,forgetting.png,report.md,results.json} "$RESULTS/$v/"
+  keep "$OUT/$v" "$RESULTS/$v"
 done
 DEFAULT=experiments/results/strategies-tox-bias-harm/seed$SEED/sequential-replay
 if [[ -d "$DEFAULT" && ! -e "$RESULTS/default" ]]; then cp -r "$DEFAULT" "$RESULTS/default"; fi  # side by side

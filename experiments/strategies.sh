@@ -9,18 +9,15 @@
 # teacher data, base evaluation and specialists (under $COMPOSE_CACHE); a finished run folder is resumed, not
 # redone. Aggregate seeds with experiments/aggregate.py.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
+source "$(dirname "$0")/common.sh"
 RISKS=${RISKS:-tox,bias,harm}
-SEED=${SEED:-0}
 NAME=strategies-${RISKS//,/-}
 OUT=${OUT:-runs/$NAME/seed$SEED}
 RESULTS=${RESULTS:-experiments/results/$NAME/seed$SEED}
 STRATEGIES=(${STRATEGIES:-sequential-replay sequential stacked concatenated merged joint})
 for s in "${STRATEGIES[@]}"; do
   "$BIN/compose" run --risks "$RISKS" --strategy "$s" --seed "$SEED" --output-dir "$OUT/$s"
-  mkdir -p "$RESULTS/$s"
-  cp "$OUT/$s"/{config.yaml,forgetting.json,forgetting.png,report.md,results.json} "$RESULTS/$s/"
+  keep "$OUT/$s" "$RESULTS/$s"
 done
 "$BIN/compose" report "${STRATEGIES[@]/#/$OUT/}" --out "$RESULTS"
 if [[ " ${STRATEGIES[*]} " == *" concatenated "* ]]; then
