@@ -96,7 +96,8 @@ def aggregate(folder: Path) -> str:
              f"({summary['limit']} prompts per set)", "",
              "Mean ± sample standard deviation over the seeds (n). Own patch: the risk's single-risk specialist of "
              "that seed; composed patch: that seed's three-risk sequential-replay patch. Evaluation sampling is "
-             "seeded the same way in every seed, so the base model's rows do not vary.", "",
+             "seeded the same way in every seed; the base model's rows still vary a little where the seeds ran with "
+             "another number of threads (bf16 sums in another order can change a greedy continuation).", "",
              "| risk | model | n | safety | headline metrics | perplexity |", "|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         raw = ", ".join(f"{name} {cell(row[name])}" for name in HEADLINE[row["risk"]])
