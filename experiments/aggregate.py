@@ -116,6 +116,7 @@ def aggregate(study: Path, specialists_study: Path | None = None) -> dict:
     rank = {name: i for i, name in enumerate(ORDER)}
     per_run = dict(sorted(per_run.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
     out["base"] = {k: spread([b[k] for b in bases.values()]) for k in next(iter(bases.values()))}
+    out["base"]["A"] = spread([statistics.fmean(b.values()) for b in bases.values()])
     for name, by_seed in per_run.items():
         keys = list(dict.fromkeys(k for m in by_seed.values() for k in m["figures"]))
         figures = {k: spread([m["figures"][k] for m in by_seed.values() if k in m["figures"]]) for k in keys}
@@ -143,9 +144,7 @@ def markdown(agg: dict, title: str) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = agg["base"]
     lines.append("| base model | " + str(len(agg["seeds"])) + " | "
-                 + " | ".join(fmt(base.get(f"safety {r}")) for r in risks) + " | "
-                 + fmt(spread([statistics.fmean(base[f"safety {r}"]["values"][i] for r in risks)
-                               for i in range(len(agg["seeds"]))])) + " | | |")
+                 + " | ".join(fmt(base.get(f"safety {r}")) for r in risks) + " | " + fmt(base["A"]) + " | | |")
     for name, run in runs.items():
         f = run["figures"]
         lines.append("| " + " | ".join([name, str(f["A"]["n"])] + [fmt(f.get(f"safety {r}")) for r in risks]
@@ -201,9 +200,7 @@ def figure(agg: dict, title: str, path: Path) -> None:
         means, errs, points = [], [], []
         for name in names:
             if name == "base model":
-                values = ([statistics.fmean(agg["base"][f"safety {r}"]["values"][i] for r in risks)
-                           for i in range(len(agg["seeds"]))] if col == "A" else agg["base"][col]["values"])
-                s = spread(values)
+                s = agg["base"][col]
             else:
                 s = runs[name]["figures"].get(col)
             means.append(s["mean"] if s else math.nan)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments" / "bench"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from compose.artifact import load_patch, read_manifest  # noqa: E402
 from compose.evaluate import evaluate_risks  # noqa: E402
 from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from compose.models import load_model  # noqa: E402
+from aggregate import fmt, spread  # noqa: E402  (mean ± sample std, as in every study summary)
 from risk_metrics import DATA, real_risks  # noqa: E402
 
 
@@ -84,13 +85,9 @@ def aggregate(folder: Path) -> str:
             figures = {"safety": [e["safety"] for e in evals], "perplexity": [e["fluency"].get("perplexity") for e in evals]}
             for name in HEADLINE[risk]:
                 figures[name] = [e["raw"][name] for e in evals]
-            summary["rows"].append({"risk": risk, "model": label, "n": len(evals), **{
-                k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "values": v}
-                for k, v in figures.items()}})
+            summary["rows"].append({"risk": risk, "model": label, "n": len(evals),
+                                    **{k: spread(v) for k, v in figures.items()}})
     atomic_write_json(folder / "summary.json", summary)
-
-    def cell(f: dict, digits: int = 3) -> str:
-        return f"{f['mean']:.{digits}f}" + (f" ± {f['std']:.{digits}f}" if f["std"] is not None else "")
 
     lines = [f"# Single-risk patches on the real sets, seeds {', '.join(map(str, summary['seeds']))} "
              f"({summary['limit']} prompts per set)", "",
@@ -100,9 +97,9 @@ def aggregate(folder: Path) -> str:
              "another number of threads (bf16 sums in another order can change a greedy continuation).", "",
              "| risk | model | n | safety | headline metrics | perplexity |", "|---|---|---|---|---|---|"]
     for row in summary["rows"]:
-        raw = ", ".join(f"{name} {cell(row[name])}" for name in HEADLINE[row["risk"]])
-        lines.append(f"| {row['risk']} | {row['model']} | {row['n']} | {cell(row['safety'])} | {raw} | "
-                     f"{cell(row['perplexity'], 2)} |")
+        raw = ", ".join(f"{name} {fmt(row[name])}" for name in HEADLINE[row["risk"]])
+        lines.append(f"| {row['risk']} | {row['model']} | {row['n']} | {fmt(row['safety'])} | {raw} | "
+                     f"{fmt(row['perplexity'], 2)} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(folder / "summary.md", text)
     return text
