@@ -77,14 +77,15 @@ def _creation_lock(url: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(url: str, name: str, settings: dict, multi: bool):
+def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | None = None):
     import optuna
     import sqlalchemy.exc
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     directions = ["maximize", "minimize"] if multi else ["maximize"]
-    sampler = optuna.samplers.TPESampler(seed=None, multivariate=True) if not multi else \
-        optuna.samplers.NSGAIISampler()
+    # seeded by the run seed: a search re-run from scratch proposes the same allocations
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True) if not multi else \
+        optuna.samplers.NSGAIISampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     for attempt in range(5):  # two machines creating one server study at once: the loser retries
         try:
@@ -123,8 +124,8 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     url = storage_url(storage, out_dir)
     name = study_name or f"{base.strategy}-{'-'.join(base.risks)}-{budget}"
     settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
-                "preset": base.preset, "multi_objective": multi_objective, "space": sorted(space)}
-    study = open_study(url, name, settings, multi_objective)
+                "preset": base.preset, "seed": base.seed, "multi_objective": multi_objective, "space": sorted(space)}
+    study = open_study(url, name, settings, multi_objective, seed=base.seed)
     if not study.trials:  # the first trial of a study is the equal split, the baseline every allocation is read against
         params = {f"w_{r}": 1.0 for r in base.risks} | ({"total": budget} if multi_objective else {})
         study.enqueue_trial(params, user_attrs={"equal_split": True})

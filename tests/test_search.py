@@ -1,5 +1,6 @@
 """Capacity search with Optuna on the tiny model: budgets, storage, resuming, two processes on one study."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from compose import config as config_mod
 from compose.errors import ComposeError
 from compose.models import load_model
-from compose.search import allocate, search, storage_url
+from compose.search import allocate, open_study, search, storage_url
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +54,16 @@ def test_search_resumes_and_refuses_other_risks(tmp_path):
     other = config_mod.resolve({}, risks="tox,harm", strategy="stacked", model="tiny-random", preset="smoke")
     with pytest.raises(ComposeError, match="created for other settings"):
         search(other, budget=6, trials=1, out_dir=tmp_path, study_name=first["study"], loaded=tiny)
+    with pytest.raises(ComposeError, match=r"other settings \(seed: 0\)"):  # another seed scores differently
+        search(dataclasses.replace(base, seed=1), budget=6, trials=1, out_dir=tmp_path, loaded=tiny)
+
+
+def test_a_seeded_study_proposes_the_same_allocations(tmp_path):
+    def proposals(folder, seed):
+        study = open_study(storage_url(None, folder), "s", {"risks": ["a", "b"]}, multi=False, seed=seed)
+        return [study.ask().suggest_float("w_a", 0.0, 1.0) for _ in range(4)]
+
+    assert proposals(tmp_path / "one", 3) == proposals(tmp_path / "two", 3) != proposals(tmp_path / "three", 4)
 
 
 def test_two_processes_share_one_study(tmp_path):
