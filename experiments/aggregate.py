@@ -13,6 +13,8 @@ behind the patch (every row's training and evaluation seconds, specialists reuse
 the project's goals counted over seeds (each risk within 10 points of its own specialist, from the same seed's
 concatenated run of this study or of --specialists STUDY; over-refusal <= 15%; perplexity <= 1.25x base).
 Every figure is "mean ± sample standard deviation" over the seeds that have the run (n in the table).
+A seed folder may also hold the capacity search that chose a run's tokens (``search/search.json``, as
+experiments/capacity.sh copies it): its best allocation and the equal split's score are listed per seed.
 Writes STUDY/summary.{md,json,png} (or --out).
 """
 
@@ -31,13 +33,13 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from compose.errors import ComposeError  # noqa: E402
 from compose.forgetting import ForgettingMatrix  # noqa: E402
-from compose.io import atomic_write_json, atomic_write_text  # noqa: E402
+from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from goals import check, specialists  # noqa: E402
 
 RAW = {"toxicity": ("toxic_rate",), "bias": ("gas", "gld"), "harmfulness": ("asr", "over_refusal")}
 SHORT = {"toxicity": "tox", "bias": "bias", "harmfulness": "harm"}
 ORDER = ["sequential-replay", "sequential", "stacked", "concatenated", "merged", "joint", "given", "reverse", "auto",
-         "default"]
+         "default", "equal", "best"]
 
 
 def seed_folders(study: Path) -> dict[int, Path]:
@@ -102,6 +104,7 @@ def aggregate(study: Path, specialists_study: Path | None = None) -> dict:
     seed in ``specialists_study`` (default: ``study`` itself)."""
     per_run: dict[str, dict[int, dict]] = {}
     bases: dict[int, dict] = {}
+    searches: dict[int, dict] = {}
     for seed, folder in seed_folders(study).items():
         runs = sorted(p.parent for p in folder.glob("*/forgetting.json"))
         source = (specialists_study or study) / f"seed{seed}" / "concatenated"
@@ -110,9 +113,11 @@ def aggregate(study: Path, specialists_study: Path | None = None) -> dict:
             measured = measure(run, own)
             per_run.setdefault(run.name, {})[seed] = measured
             bases.setdefault(seed, measured["base"])
+        if (folder / "search" / "search.json").is_file():
+            searches[seed] = read_json(folder / "search" / "search.json")
     if not per_run:
         raise ComposeError(f"'{study}' has seed folders but no run folders with forgetting.json")
-    out = {"study": study.name, "seeds": sorted(bases), "runs": {}}
+    out = {"study": study.name, "seeds": sorted(bases), "runs": {}, "searches": searches}
     rank = {name: i for i, name in enumerate(ORDER)}
     per_run = dict(sorted(per_run.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
     out["base"] = {k: spread([b[k] for b in bases.values()]) for k in next(iter(bases.values()))}
@@ -169,6 +174,15 @@ def markdown(agg: dict, title: str) -> str:
             met = f["goals met"]
             lines.append("| " + " | ".join([name] + [fmt(f.get(f"gap {r}")) for r in risks]
                                            + [f"{round(sum(met['values']))} of {met['n']} seeds"]) + " |")
+    if agg.get("searches"):
+        lines += ["", "## Capacity searches (each trial scored on the search's own, smaller evaluation)", "",
+                  "| seed | trials (completed) | best allocation | best value | equal split | equal split value |",
+                  "|---|---|---|---|---|---|"]
+        for seed, found in agg["searches"].items():
+            best, equal = found["best"][0], found.get("equal_split") or {}
+            equal_value = f"{equal['values'][0]:.3f}" if equal else ""
+            lines.append(f"| {seed} | {found['trials']} ({found['completed']}) | {best['tokens_flag']} | "
+                         f"{best['values'][0]:.3f} | {_tokens(equal.get('tokens'))} | {equal_value} |")
     lines += ["", "## Mean forgetting matrices (rows: stages or specialists, then the composed patch)", ""]
     for name, run in runs.items():
         if run["matrix"] is None:
@@ -181,6 +195,10 @@ def markdown(agg: dict, title: str) -> str:
         lines += ["| " + " | ".join([row] + [fmt(c) for c in cells]) + " |" for row, cells in run["matrix"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _tokens(tokens: dict | None) -> str:
+    return ",".join(f"{r}={n}" for r, n in tokens.items()) if tokens else ""
 
 
 def figure(agg: dict, title: str, path: Path) -> None:

@@ -89,3 +89,17 @@ def test_seeds_that_trained_in_different_orders_get_no_mean_matrix(aggregate, tm
 def test_a_folder_without_seeds_is_refused(aggregate, tmp_path):
     with pytest.raises(ComposeError, match="no seedN folders"):
         aggregate.aggregate(tmp_path)
+
+
+def test_each_seeds_capacity_search_is_listed(aggregate, tmp_path):
+    from compose.io import atomic_write_json
+
+    _seed(tmp_path, 0, final=[0.6, 0.9], bias_specialist=0.9)
+    atomic_write_json(tmp_path / "seed0" / "search" / "search.json", {
+        "study": "s", "trials": 12, "completed": 7,
+        "best": [{"trial": 2, "tokens": {"toxicity": 13, "bias": 11}, "values": [0.782],
+                  "tokens_flag": "toxicity=13,bias=11"}],
+        "equal_split": {"trial": 0, "tokens": {"toxicity": 12, "bias": 12}, "values": [0.762]}})
+    agg = aggregate.aggregate(tmp_path)
+    assert list(agg["searches"]) == [0] and "search" not in agg["runs"]
+    assert "| 0 | 12 (7) | toxicity=13,bias=11 | 0.782 | toxicity=12,bias=12 | 0.762 |" in aggregate.markdown(agg, "c")
