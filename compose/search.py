@@ -77,7 +77,7 @@ def _creation_lock(url: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | None = None):
+def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | None = None, prune: bool = True):
     import optuna
     import sqlalchemy.exc
 
@@ -86,7 +86,7 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
     # seeded by the run seed: a search re-run from scratch proposes the same allocations
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True) if not multi else \
         optuna.samplers.NSGAIISampler(seed=seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
     for attempt in range(5):  # two machines creating one server study at once: the loser retries
         try:
             with _creation_lock(url):
@@ -112,8 +112,10 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
 
 def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storage: str | None = None,
            study_name: str | None = None, min_tokens: int = 1, fluency_bound: float = 1.25,
-           multi_objective: bool = False, space: tuple[str, ...] = (), loaded=None) -> dict:
-    """Run ``trials`` more trials of the study; returns the best allocation(s) and the trials table."""
+           multi_objective: bool = False, space: tuple[str, ...] = (), loaded=None, prune: bool = True) -> dict:
+    """Run ``trials`` more trials of the study; returns the best allocation(s) and the trials table. ``prune``:
+    stop a trial after a stage whose mean safety so far is below the median of earlier trials at that stage
+    (that judges an allocation by its first risks only, before the later ones have trained)."""
     import optuna
 
     from compose.models import load_model
@@ -125,7 +127,7 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     name = study_name or f"{base.strategy}-{'-'.join(base.risks)}-{budget}"
     settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
                 "preset": base.preset, "seed": base.seed, "multi_objective": multi_objective, "space": sorted(space)}
-    study = open_study(url, name, settings, multi_objective, seed=base.seed)
+    study = open_study(url, name, settings, multi_objective, seed=base.seed, prune=prune)
     if not study.trials:  # the first trial of a study is the equal split, the baseline every allocation is read against
         params = {f"w_{r}": 1.0 for r in base.risks} | ({"total": budget} if multi_objective else {})
         study.enqueue_trial(params, user_attrs={"equal_split": True})
@@ -317,6 +319,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fluency-bound", type=float, default=1.25,
                    help="max perplexity of the composed patch relative to the base model")
     p.add_argument("--multi-objective", action="store_true", help="safety vs total tokens: a Pareto front")
+    p.add_argument("--no-prune", action="store_true",
+                   help="run every trial to the end (the median pruner judges a trial by its first stages)")
     p.add_argument("--space", default="", help="also search: beta, lr, replay (comma-separated)")
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
@@ -338,7 +342,7 @@ def main(args) -> int:
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
-                     args.fluency_bound, args.multi_objective, space)
+                     args.fluency_bound, args.multi_objective, space, prune=not args.no_prune)
     for b in summary["best"]:
         print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
     if summary["equal_split"]:

@@ -66,6 +66,14 @@ def test_a_seeded_study_proposes_the_same_allocations(tmp_path):
     assert proposals(tmp_path / "one", 3) == proposals(tmp_path / "two", 3) != proposals(tmp_path / "three", 4)
 
 
+def test_pruning_can_be_turned_off(tmp_path):
+    settings = {"risks": ["a", "b"]}
+    assert isinstance(open_study(storage_url(None, tmp_path), "p", settings, multi=False).pruner,
+                      optuna.pruners.MedianPruner)
+    assert isinstance(open_study(storage_url(None, tmp_path), "p", settings, multi=False, prune=False).pruner,
+                      optuna.pruners.NopPruner)
+
+
 def test_two_processes_share_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [sys.executable, "-m", "compose.cli", "search", "--risks", "tox,bias", "--strategy", "sequential",
