@@ -112,8 +112,11 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
 
 def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storage: str | None = None,
            study_name: str | None = None, min_tokens: int = 1, fluency_bound: float = 1.25,
-           multi_objective: bool = False, space: tuple[str, ...] = (), loaded=None, prune: bool = True) -> dict:
-    """Run ``trials`` more trials of the study; returns the best allocation(s) and the trials table. ``prune``:
+           multi_objective: bool = False, space: tuple[str, ...] = (), loaded=None, prune: bool = True,
+           total_trials: int | None = None) -> dict:
+    """Run ``trials`` more trials of the study, or, with ``total_trials``, until the study holds that many (trials
+    of earlier runs and of other processes count: an interrupted search re-run adds only the missing ones);
+    returns the best allocation(s) and the trials table. ``prune``:
     stop a trial after a stage whose mean safety so far is below the median of earlier trials at that stage
     (that judges an allocation by its first risks only, before the later ones have trained)."""
     import optuna
@@ -179,7 +182,13 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
         value = safety if ok else safety - (ratio - fluency_bound)
         return (value, sum(tokens.values())) if multi_objective else value
 
-    study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True)
+    callbacks = []
+    if total_trials is not None:
+        started = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+        trials = max(0, total_trials - len(started))
+        callbacks.append(optuna.study.MaxTrialsCallback(total_trials, states=None))  # other processes' trials too
+    if trials:
+        study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True, callbacks=callbacks)
     return summarize(study, base, out_dir, multi_objective)
 
 
@@ -314,6 +323,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, required=True, help="total virtual tokens shared by the risks")
     p.add_argument("--min-tokens", type=int, default=1)
     p.add_argument("--trials", type=int, default=20, help="trials to add to the study in this process")
+    p.add_argument("--total-trials", type=int, metavar="N",
+                   help="instead of --trials: run until the study holds N trials (re-running resumes a search)")
     p.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite file in the output folder)")
     p.add_argument("--study", help="study name (default: STRATEGY-RISKS-BUDGET)")
     p.add_argument("--fluency-bound", type=float, default=1.25,
@@ -329,8 +340,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    if args.trials < 1:
-        raise ComposeError(f"--trials must be >= 1, got {args.trials}")
+    if args.trials < 1 or (args.total_trials is not None and args.total_trials < 1):
+        bad = ("--total-trials", args.total_trials) if args.trials >= 1 else ("--trials", args.trials)
+        raise ComposeError(f"{bad[0]} must be >= 1, got {bad[1]}")
     space = tuple(s for s in args.space.split(",") if s)
     bad = [s for s in space if s not in ("beta", "lr", "replay")]
     if bad:
@@ -342,7 +354,8 @@ def main(args) -> int:
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
-                     args.fluency_bound, args.multi_objective, space, prune=not args.no_prune)
+                     args.fluency_bound, args.multi_objective, space, prune=not args.no_prune,
+                     total_trials=args.total_trials)
     for b in summary["best"]:
         print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
     if summary["equal_split"]:

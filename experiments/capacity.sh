@@ -4,7 +4,7 @@
 # per risk; its winner and the equal split are then re-run on 32 prompts per risk, which decides.
 # Reproduce with: bash experiments/capacity.sh   (from the project root, after `make install`); SEED=1 for
 # another seed. Runs go to $OUT (default runs/capacity/seedN), results to $RESULTS (default
-# experiments/results/capacity/seedN); a finished search is not extended, a finished run is kept. Aggregate with
+# experiments/results/capacity/seedN); a re-run completes an interrupted search and keeps finished runs. Aggregate with
 #   .venv/bin/python experiments/aggregate.py experiments/results/capacity \
 #       --title "Capacity: the search's best allocation vs the equal split (stacked, toxicity + bias, 24 tokens)"
 set -euo pipefail
@@ -13,10 +13,8 @@ OUT=${OUT:-runs/capacity/seed$SEED}
 RESULTS=${RESULTS:-experiments/results/capacity/seed$SEED}
 BUDGET=${BUDGET:-24}
 TRIALS=${TRIALS:-12}
-if [[ ! -f "$OUT/search/search.json" ]]; then  # written when the search's trials are done
-  "$BIN/compose" search --config experiments/search.yaml --budget "$BUDGET" --trials "$TRIALS" --seed "$SEED" \
-    --output-dir "$OUT/search"
-fi
+"$BIN/compose" search --config experiments/search.yaml --budget "$BUDGET" --total-trials "$TRIALS" --seed "$SEED" \
+  --output-dir "$OUT/search"
 mkdir -p "$RESULTS/search"
 cp "$OUT"/search/{trials.md,search.json,best.yaml,*.png} "$RESULTS/search/"
 "$BIN/compose" run --config "$OUT/search/best.yaml" --eval-limit 32 --output-dir "$OUT/best"

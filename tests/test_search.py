@@ -74,6 +74,14 @@ def test_pruning_can_be_turned_off(tmp_path):
                       optuna.pruners.NopPruner)
 
 
+def test_total_trials_counts_earlier_runs(tmp_path):
+    tiny = load_model("tiny-random")
+    base = config_mod.resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
+    assert search(base, budget=4, trials=1, out_dir=tmp_path, loaded=tiny)["trials"] == 1  # an interrupted search
+    assert search(base, budget=4, trials=99, out_dir=tmp_path, loaded=tiny, total_trials=2)["trials"] == 2
+    assert search(base, budget=4, trials=99, out_dir=tmp_path, loaded=tiny, total_trials=2)["trials"] == 2
+
+
 def test_two_processes_share_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [sys.executable, "-m", "compose.cli", "search", "--risks", "tox,bias", "--strategy", "sequential",
