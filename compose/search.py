@@ -134,7 +134,6 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     if not study.trials:  # the first trial of a study is the equal split, the baseline every allocation is read against
         params = {f"w_{r}": 1.0 for r in base.risks} | ({"total": budget} if multi_objective else {})
         study.enqueue_trial(params, user_attrs={"equal_split": True})
-    loaded = loaded or load_model(base.model, base.dtype)
 
     def objective(trial: optuna.Trial):
         total = trial.suggest_int("total", len(base.risks) * min_tokens, budget) if multi_objective else budget
@@ -187,7 +186,8 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
         started = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
         trials = max(0, total_trials - len(started))
         callbacks.append(optuna.study.MaxTrialsCallback(total_trials, states=None))  # other processes' trials too
-    if trials:
+    if trials:  # the model is loaded only when there are trials to run
+        loaded = loaded or load_model(base.model, base.dtype)
         study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True, callbacks=callbacks)
     return summarize(study, base, out_dir, multi_objective)
 
@@ -238,7 +238,7 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
     for t in study.trials:
         tokens = t.user_attrs.get("tokens")
         state = t.state.name.lower() + (f" (= trial {t.user_attrs['same_as']})" if "same_as" in t.user_attrs else "")
-        rows.append(f"| {t.number} | {state} | {_tokens_flag(tokens) if tokens else ''} | "
+        rows.append(f"| {t.number} | {state} | {tokens_flag(tokens) if tokens else ''} | "
                     f"{_f(t.user_attrs.get('safety'))} | {_f(t.user_attrs.get('perplexity_ratio'))} | "
                     f"{t.user_attrs.get('fluency_ok', '')} | "
                     f"{', '.join(_f(v) for v in t.values) if t.values else ''} |")
@@ -248,14 +248,14 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
             f"strategy {base.strategy}, risks {', '.join(base.risks)}.\n\n")
     if multi_objective:
         head += "Pareto front (safety up, tokens down):\n\n" + "\n".join(
-            f"- trial {t.number}: `--tokens {_tokens_flag(t.user_attrs['tokens'])}` safety {_f(t.values[0])}"
+            f"- trial {t.number}: `--tokens {tokens_flag(t.user_attrs['tokens'])}` safety {_f(t.values[0])}"
             for t in best) + "\n\n"
     else:
-        head += (f"Best: trial {best[0].number}, `--tokens {_tokens_flag(best_tokens[0])}`, "
+        head += (f"Best: trial {best[0].number}, `--tokens {tokens_flag(best_tokens[0])}`, "
                  f"value {_f(best[0].value)}\n\n")
     equal = _equal_split(done)
     if equal is not None:
-        head += (f"Equal split: trial {equal.number}, `--tokens {_tokens_flag(equal.user_attrs['tokens'])}`, "
+        head += (f"Equal split: trial {equal.number}, `--tokens {tokens_flag(equal.user_attrs['tokens'])}`, "
                  f"value {', '.join(_f(v) for v in equal.values)} (same evaluation as every trial)\n\n")
     atomic_write_text(out_dir / "trials.md", head + "\n".join(rows) + "\n")
     cfg = _replace(base, tokens=best_tokens[0])
@@ -263,7 +263,7 @@ def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective:
     plots = _plots(study, out_dir, multi_objective)
     summary = {"study": study.study_name, "trials": len(study.trials), "completed": len(done),
                "best": [{"trial": t.number, "tokens": t.user_attrs["tokens"], "values": t.values,
-                         "tokens_flag": _tokens_flag(t.user_attrs["tokens"])} for t in best],
+                         "tokens_flag": tokens_flag(t.user_attrs["tokens"])} for t in best],
                "equal_split": None if equal is None else {"trial": equal.number, "tokens": equal.user_attrs["tokens"],
                                                           "values": equal.values},
                "plots": [str(p) for p in plots]}
@@ -302,7 +302,8 @@ def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
     return written
 
 
-def _tokens_flag(tokens: dict) -> str:
+def tokens_flag(tokens: dict) -> str:
+    """``{"toxicity": 13, "bias": 11}`` as the ``--tokens`` value ``toxicity=13,bias=11``."""
     return ",".join(f"{r}={n}" for r, n in tokens.items())
 
 
@@ -340,9 +341,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    if args.trials < 1 or (args.total_trials is not None and args.total_trials < 1):
-        bad = ("--total-trials", args.total_trials) if args.trials >= 1 else ("--trials", args.trials)
-        raise ComposeError(f"{bad[0]} must be >= 1, got {bad[1]}")
+    for flag, value in (("--trials", args.trials), ("--total-trials", args.total_trials)):
+        if value is not None and value < 1:
+            raise ComposeError(f"{flag} must be >= 1, got {value}")
     space = tuple(s for s in args.space.split(",") if s)
     bad = [s for s in space if s not in ("beta", "lr", "replay")]
     if bad:
@@ -360,6 +361,6 @@ def main(args) -> int:
         print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
     if summary["equal_split"]:
         e = summary["equal_split"]
-        print(f"equal split (trial {e['trial']}): --tokens {_tokens_flag(e['tokens'])}  values {e['values']}")
+        print(f"equal split (trial {e['trial']}): --tokens {tokens_flag(e['tokens'])}  values {e['values']}")
     print(f"{summary['completed']} completed of {summary['trials']} trials; see {out}/trials.md, {out}/best.yaml")
     return 0

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from compose.errors import ComposeError  # noqa: E402
 from compose.forgetting import ForgettingMatrix  # noqa: E402
 from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from compose.search import tokens_flag  # noqa: E402
 from goals import check, specialists  # noqa: E402
 
 RAW = {"toxicity": ("toxic_rate",), "bias": ("gas", "gld"), "harmfulness": ("asr", "over_refusal")}
@@ -182,7 +183,7 @@ def markdown(agg: dict, title: str) -> str:
             best, equal = found["best"][0], found.get("equal_split") or {}
             equal_value = f"{equal['values'][0]:.3f}" if equal else ""
             lines.append(f"| {seed} | {found['trials']} ({found['completed']}) | {best['tokens_flag']} | "
-                         f"{best['values'][0]:.3f} | {_tokens(equal.get('tokens'))} | {equal_value} |")
+                         f"{best['values'][0]:.3f} | {tokens_flag(equal['tokens']) if equal else ''} | {equal_value} |")
     lines += ["", "## Mean forgetting matrices (rows: stages or specialists, then the composed patch)", ""]
     for name, run in runs.items():
         if run["matrix"] is None:
@@ -195,10 +196,6 @@ def markdown(agg: dict, title: str) -> str:
         lines += ["| " + " | ".join([row] + [fmt(c) for c in cells]) + " |" for row, cells in run["matrix"]]
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def _tokens(tokens: dict | None) -> str:
-    return ",".join(f"{r}={n}" for r, n in tokens.items()) if tokens else ""
 
 
 def figure(agg: dict, title: str, path: Path) -> None:
