@@ -132,14 +132,23 @@ def eval_main(args) -> int:
 
 
 def format_results(results: dict) -> str:
-    """A plain-text table: risk, safety, raw figures (with a direction arrow), perplexity."""
+    """A plain-text table: risk, n, safety, raw figures (with a direction arrow), perplexity; each figure with
+    the half-width of its 95% interval (±) where the metric kept per-prompt values."""
     arrow = {"lower": "↓", "higher": "↑"}
-    rows = [("risk", "safety", "raw figures (↓ lower is better)", "ppl")]
+
+    def fig(m, key, value, digits=3):
+        ci = m.intervals.get(key)
+        hw = f" ±{(ci['ci_high'] - ci['ci_low']) / 2:.{digits}f}" if ci and ci.get("ci_low") is not None else ""
+        return f"{value:.{digits}f}{hw}"
+
+    rows = [("risk", "n", "safety", "raw figures (↓ lower is better; ± 95% interval)", "ppl")]
     for name, m in results.items():
-        raw = "  ".join(f"{k} {v:.3f}{arrow.get(m.directions.get(k), '')}" for k, v in m.raw.items())
+        raw = "  ".join(f"{k} {fig(m, k, v)}{arrow.get(m.directions.get(k), '')}" for k, v in m.raw.items())
         ppl = m.fluency.get("perplexity")
-        rows.append((name, f"{m.safety:.3f}", raw, f"{ppl:.1f}" if ppl is not None and ppl == ppl else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        n = str(m.intervals.get("safety", {}).get("n", "-"))
+        rows.append((name, n, fig(m, "safety", m.safety), raw,
+                     fig(m, "perplexity", ppl, 1) if ppl is not None and ppl == ppl else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 

@@ -10,6 +10,12 @@
 Each cell keeps the risk metric's raw figures and their directions; each row may keep fluency figures
 (e.g. perplexity) and wall seconds. ``summary()`` states the definition and divisor of every figure, because
 continual-learning libraries disagree on them (see DESIGN.md, section 3).
+
+Uncertainty: a row may keep, per risk, the per-prompt values of each figure (``items``; ``items[risk]["safety"]``
+averages to the cell's safety score) and their 95% intervals (``intervals``). Summary figures then carry a
+95% interval too: the prompts of each risk are resampled (bootstrap, 1000 draws), the same draw for every row
+(rows are evaluated on the same prompts, so stage-to-stage differences such as F and BWT are paired), and every
+figure is recomputed from the resampled matrix; the interval is the 2.5-97.5 percentile range.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ class Row:
     seconds: float | None = None
     kind: str = "stage"
     trained: str | None = None
+    intervals: dict[str, dict] = field(default_factory=dict)  # risk -> figure -> {value, ci_low, ci_high, n, method}
+    items: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # risk -> figure -> per-prompt values
+    digests: dict[str, str] = field(default_factory=dict)  # risk -> hash of the prompts evaluated (pairs rows)
+
+    def safety_interval(self, risk: str) -> dict | None:
+        return self.intervals.get(risk, {}).get("safety")
 
 
 def _figure(value, definition: str, per_risk: dict | None = None, note: str | None = None) -> dict:
@@ -64,7 +76,8 @@ class ForgettingMatrix:
 
     def add_row(self, name: str, scores: dict[str, float], raw: dict[str, dict] | None = None,
                 directions: dict[str, dict] | None = None, fluency: dict | None = None,
-                seconds: float | None = None, kind: str = "stage", trained: str | None = None) -> Row:
+                seconds: float | None = None, kind: str = "stage", trained: str | None = None,
+                intervals: dict | None = None, items: dict | None = None, digests: dict | None = None) -> Row:
         """Append a row. ``scores`` needs every risk; ``directions[risk][metric]`` is "lower" or "higher"."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -89,7 +102,11 @@ class ForgettingMatrix:
         row = Row(name, {r: float(scores[r]) for r in self.risks},
                   {r: {m: float(v) for m, v in d.items()} for r, d in (raw or {}).items()},
                   {m: float(v) for m, v in (fluency or {}).items()},
-                  None if seconds is None else float(seconds), kind, trained)
+                  None if seconds is None else float(seconds), kind, trained,
+                  {r: dict(d) for r, d in (intervals or {}).items() if r in self.risks},
+                  {r: {f: [float(x) for x in v] for f, v in d.items()} for r, d in (items or {}).items()
+                   if r in self.risks},
+                  {r: str(d) for r, d in (digests or {}).items() if r in self.risks and d})
         self.rows.append(row)
         return row
 
@@ -107,13 +124,46 @@ class ForgettingMatrix:
         """Summary figures, each ``{"value", "definition"[, "per_risk"][, "note"]}``; undefined values are None."""
         if not self.rows:
             raise ValueError("the forgetting matrix has no rows yet")
-        figures = self._composed_summary() if self.layout == "composed" else self._sequential_summary()
+        figures = self._figures(self.safety)
+        self._add_intervals(figures)
         seconds = [r.seconds for r in self.rows if r.seconds is not None]
         figures["wall_seconds"] = _figure(float(sum(seconds)) if seconds else None, "sum of the rows' wall seconds")
         figures["final_fluency"] = _figure(dict(self.rows[-1].fluency) or None, "fluency figures of the last row")
         return {"layout": self.layout, "risks": list(self.risks), "final_row": self.rows[-1].name, **figures}
 
-    def _sequential_summary(self) -> dict:
+    def _figures(self, S: np.ndarray) -> dict:
+        return self._composed_summary(S) if self.layout == "composed" else self._sequential_summary(S)
+
+    def resampled_safety(self, n_boot: int = 1000, seed: int = 0) -> np.ndarray | None:
+        """``n_boot x rows x risks`` safety matrices from prompts resampled per risk (the same draw for every row);
+        None unless every row keeps the same number of per-prompt safety values for each risk."""
+        rng = np.random.default_rng(seed)
+        out = np.empty((n_boot, len(self.rows), len(self.risks)))
+        for j, risk in enumerate(self.risks):
+            columns = [row.items.get(risk, {}).get("safety") for row in self.rows]
+            if any(not c for c in columns) or len({len(c) for c in columns}) != 1:
+                return None
+            idx = rng.integers(0, len(columns[0]), size=(n_boot, len(columns[0])))
+            for i, column in enumerate(columns):
+                out[:, i, j] = np.asarray(column)[idx].mean(axis=1)
+        return out
+
+    def _add_intervals(self, figures: dict, n_boot: int = 1000) -> None:
+        """Add ci_low / ci_high / n / method to every numeric summary figure (see the module's docstring)."""
+        boot = self.resampled_safety(n_boot)
+        if boot is None:
+            return
+        draws = [self._figures(S) for S in boot]
+        n = sum(len(self.rows[-1].items[r]["safety"]) for r in self.risks)
+        for key, fig in figures.items():
+            if not isinstance(fig.get("value"), float):
+                continue
+            values = np.array([d[key]["value"] for d in draws], dtype=float)
+            fig["ci_low"], fig["ci_high"] = (float(v) for v in np.percentile(values, [2.5, 97.5]))
+            fig["n"] = n
+            fig["method"] = f"bootstrap over prompts, per risk, paired across rows ({n_boot} draws)"
+
+    def _sequential_summary(self, S: np.ndarray) -> dict:
         stages = [r for r in self.rows if r.kind == "stage"]
         has_base = self.rows[0].kind == "base"
         expected = ["base"] * has_base + ["stage"] * len(stages)
@@ -121,7 +171,7 @@ class ForgettingMatrix:
             raise ValueError(
                 f"a sequential matrix is a base row then one stage per risk in order {self.risks}; got rows "
                 f"{[(r.name, r.kind, r.trained) for r in self.rows]}")
-        S, risks = self.safety, self.risks
+        risks = self.risks
         k, m = len(risks), len(stages)  # m < k while a run is still in progress
         base = 0 if has_base else None
         stage = {j: j + has_base for j in range(m)}  # row index of the stage that trained risk j (0-based)
@@ -164,8 +214,8 @@ class ForgettingMatrix:
                 fwt if base is not None else None, fwt_note if not fwt else None),
         }
 
-    def _composed_summary(self) -> dict:
-        S, risks = self.safety, self.risks
+    def _composed_summary(self, S: np.ndarray) -> dict:
+        risks = self.risks
         composed = [i for i, r in enumerate(self.rows) if r.kind == "composed"]
         kinds = [r.kind for r in self.rows]
         misplaced_base = "base" in kinds[1:]
@@ -204,7 +254,8 @@ class ForgettingMatrix:
         matrix = cls(d["risks"])
         for row in d["rows"]:
             matrix.add_row(row["name"], row["scores"], raw=row.get("raw"), fluency=row.get("fluency"),
-                           seconds=row.get("seconds"), kind=row.get("kind", "stage"), trained=row.get("trained"))
+                           seconds=row.get("seconds"), kind=row.get("kind", "stage"), trained=row.get("trained"),
+                           intervals=row.get("intervals"), items=row.get("items"), digests=row.get("digests"))
         for risk, metrics in d.get("directions", {}).items():
             matrix.directions.setdefault(risk, {}).update(metrics)
         return matrix

@@ -169,42 +169,44 @@ def greedy_reference(model, tokenizer, prompt: str, max_new_tokens: int, chat: b
 
 @torch.no_grad()
 def response_nll(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16,
-                 chat: bool = True) -> tuple[float, int]:
-    """Total negative log-likelihood of ``responses`` given ``prompts`` under ``model``, and the token count."""
+                 chat: bool = True, desc: str | None = None) -> list[tuple[float, int]]:
+    """(negative log-likelihood, token count) of each response given its prompt under ``model``, in order.
+
+    An empty response is (0.0, 0). Batches are sorted by length (little padding); a bar shows progress on long sets.
+    """
     texts = chat_texts(tokenizer, prompts, chat)
     device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
-        rows = []
-        for p, r in zip(texts[start:start + batch_size], responses[start:start + batch_size]):
-            p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-            r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-            if r_ids:
-                rows.append((p_ids, r_ids))
-        if not rows:
-            continue
+    pairs = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(r, add_special_tokens=False)["input_ids"])
+             for p, r in zip(texts, responses)]
+    order = sorted((i for i, (_, r) in enumerate(pairs) if r), key=lambda i: -sum(map(len, pairs[i])))
+    out = [(0.0, 0)] * len(pairs)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc=desc or "perplexity", unit="batch", leave=False, disable=len(batches) < 4):
+        rows = [pairs[i] for i in idx]
         width = max(len(p) + len(r) for p, r in rows)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, (p, r) in enumerate(rows):
-            seq = p + r
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-            labels[i, len(p):len(seq)] = torch.tensor(r)
+        for j, (p, r) in enumerate(rows):
+            ids[j, :len(p) + len(r)] = torch.tensor(p + r)
+            mask[j, :len(p) + len(r)] = 1
+            labels[j, len(p):len(p) + len(r)] = torch.tensor(r)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         logits = logits[:, -width:][:, :-1].float()
         target = labels[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                ignore_index=-100, reduction="sum")
-        total += nll.item()
-        count += int((target != -100).sum())
-    return total, count
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        for j, i in enumerate(idx):
+            out[i] = (float(nll[j].sum()), len(rows[j][1]))
+    return out
+
+
+def perplexity_of(nll: list[tuple[float, int]]) -> float:
+    """exp(total NLL / total tokens) of per-response (NLL, token count) pairs; nan when there are no tokens."""
+    total, count = sum(n for n, _ in nll), sum(c for _, c in nll)
+    return math.exp(total / count) if count else float("nan")
 
 
 def perplexity(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16,
                chat: bool = True) -> float:
     """Perplexity of ``responses`` (given their prompts) under ``model``: exp(mean token NLL)."""
-    total, count = response_nll(model, tokenizer, prompts, responses, batch_size, chat)
-    return math.exp(total / count) if count else float("nan")
+    return perplexity_of(response_nll(model, tokenizer, prompts, responses, batch_size, chat))

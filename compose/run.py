@@ -20,6 +20,7 @@ every setting they depend on), so runs of several strategies on the same risks s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import time
@@ -226,7 +227,10 @@ class RunContext:
         self.matrix.add_row(name, {r: evals[r]["safety"] for r in self.order},
                             raw={r: evals[r]["raw"] for r in self.order},
                             directions={r: evals[r]["directions"] for r in self.order},
-                            fluency=fluency, seconds=seconds, kind=kind, trained=trained)
+                            fluency=fluency, seconds=seconds, kind=kind, trained=trained,
+                            intervals={r: evals[r].get("intervals", {}) for r in self.order},
+                            items={r: evals[r].get("items", {}) for r in self.order},
+                            digests={r: evals[r].get("prompts_digest", "") for r in self.order})
         if self.on_row is not None:
             self.on_row(self.matrix)
 
@@ -420,6 +424,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", help="virtual tokens per risk, e.g. tox=20,bias=20,harm=10, or one number for all")
     p.add_argument("--replay", type=float, help="share of each later stage's data replayed from earlier risks")
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", metavar="S1,S2,...",
+                   help="one run per seed into OUTPUT_DIR/seedS, then seeds.md / seeds.json / seeds.png: mean and "
+                        "spread over seeds and paired tests pooled over seeds (replaces --seed)")
     p.add_argument("--order", choices=["given", "auto"], help="given: dependency graph, ties in --risks order")
     p.add_argument("--merge", choices=["average", "task-arithmetic", "ties", "dare-ties"],
                    help="merge method of the merged strategy")
@@ -458,11 +465,37 @@ def main(args) -> int:
         flags["merge"] = {**(file.get("merge") or {"weights": None, "density": 0.5}), "method": args.merge}
     if args.data:
         flags["data"] = parse_data_flags(args.data)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    if seeds and args.seed is not None:
+        raise ComposeError("give either --seed or --seeds, not both")
     cfg = config_mod.resolve(file, **flags)
     out = Path(args.output_dir or f"runs/{cfg.strategy}-{'-'.join(cfg.risks)}-{cfg.preset}")
-    results = execute(cfg, out)
-    print(summary_table(results, out))
+    if not seeds:
+        results = execute(cfg, out)
+        print(summary_table(results, out))
+        return 0
+    from compose.report import write_seed_summary
+
+    for seed in seeds:
+        log.info(f"seed {seed} of {', '.join(map(str, seeds))}")
+        results = execute(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}")
+        print(summary_table(results, out / f"seed{seed}"))
+    matrices = {seed: ForgettingMatrix.load(out / f"seed{seed}" / "forgetting.json") for seed in seeds}
+    written, table = write_seed_summary(matrices, out, title=f"{cfg.strategy}: {', '.join(cfg.risks)}")
+    print("\n" + table)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2] (distinct integers, in the given order)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ComposeError(f"bad --seeds '{text}'; expected comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ComposeError(f"bad --seeds '{text}'; expected distinct integers, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def summary_table(results: dict, out: Path) -> str:
@@ -488,6 +521,9 @@ def summary_table(results: dict, out: Path) -> str:
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for the comparison of several runs (default: the first run's parent)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="run (strategy name or folder name, as listed) the others are tested against (default: the "
+                        "first run)")
 
 
 def report_main(args) -> int:
@@ -510,9 +546,14 @@ def report_main(args) -> int:
         written = write_report(matrix, run, title=f"{name}: {', '.join(matrix.risks)}",
                                extra={k: results[k] for k in ("parameters", "tokens", "wall_seconds") if k in results})
         print("wrote " + ", ".join(str(p) for p in written))
+    if args.baseline is not None and args.baseline not in matrices:
+        raise ComposeError(f"--baseline '{args.baseline}' is not one of the runs; valid: {', '.join(matrices)}")
     if len(matrices) > 1:
+        from compose.report import comparisons_table, paired_comparisons
+
         out = Path(args.out or Path(args.runs[0]).resolve().parent / "comparison")
-        written = write_comparison(matrices, out, title="strategy comparison")
+        written = write_comparison(matrices, out, title="strategy comparison", baseline=args.baseline)
+        print(comparisons_table(paired_comparisons(matrices, args.baseline)))
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

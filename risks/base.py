@@ -23,10 +23,11 @@ Options (``Risk(**options)``; unknown names are an error) are the class's ``defa
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import copy
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from compose.errors import ComposeError, suggest
 
@@ -46,16 +47,30 @@ class MetricResult:
     samples: list[dict] = field(default_factory=list)  # a few (prompt, response, score) examples for reports
     definition: str = ""  # how ``safety`` and the raw figures are computed, in one or two sentences
     seconds: float = 0.0  # wall time of the evaluation
+    # per-prompt values of ``safety`` and of each raw figure (one list per figure, in prompt order; a figure's
+    # prompts may be a subset, e.g. over-refusal is measured on the benign prompts only): what intervals and
+    # paired comparisons are computed from
+    items: dict[str, list[float]] = field(default_factory=dict)
+    # 95% interval and n of every figure with items: {"value", "ci_low", "ci_high", "n", "method"}
+    intervals: dict[str, dict] = field(default_factory=dict)
+    prompts_digest: str = ""  # hash of the evaluated prompts: paired comparisons need the same prompts
+
+    KEYS = ("risk", "safety", "raw", "directions", "fluency", "samples", "definition", "seconds", "items",
+            "intervals", "prompts_digest")
 
     def to_dict(self) -> dict:
-        return {"risk": self.risk, "safety": self.safety, "raw": self.raw, "directions": self.directions,
-                "fluency": self.fluency, "samples": self.samples, "definition": self.definition,
-                "seconds": self.seconds}
+        return {k: getattr(self, k) for k in self.KEYS}
 
     @classmethod
     def from_dict(cls, d: dict) -> MetricResult:
-        keys = ("risk", "safety", "raw", "directions", "fluency", "samples", "definition", "seconds")
-        return cls(**{k: d[k] for k in keys if k in d})
+        return cls(**{k: d[k] for k in cls.KEYS if k in d})
+
+    def compute_intervals(self) -> MetricResult:
+        """Fill ``intervals`` from ``items``: Wilson for 0/1 verdicts, a bootstrap over prompts otherwise."""
+        from compose.stats import interval_for
+
+        self.intervals = {name: interval_for(values).to_dict() for name, values in self.items.items()}
+        return self
 
 
 @dataclass
@@ -236,22 +251,40 @@ class Risk:
         prompts = self.prompts(split, limit)
         responses = self.respond(model, tokenizer, prompts, desc=f"{self.name}: evaluating")
         scores = self.score(prompts, responses)
-        unsafe = _mean([s < 0.5 for s in scores])
-        return self.result(1.0 - unsafe, {"unsafe_rate": unsafe, "mean_score": _mean(scores)},
+        unsafe = [float(s < 0.5) for s in scores]
+        return self.result(1.0 - _mean(unsafe), {"unsafe_rate": _mean(unsafe), "mean_score": _mean(scores)},
                            {"unsafe_rate": "lower", "mean_score": "higher"}, model, tokenizer, prompts, responses,
-                           scores, definition=self.metric)
+                           scores, definition=self.metric,
+                           items={"safety": [1.0 - u for u in unsafe], "unsafe_rate": unsafe, "mean_score": scores},
+                           evaluated=prompts)
 
     def result(self, safety: float, raw: dict, directions: dict, model, tokenizer, prompts: list[str],
-               responses: list[str], scores: list[float], definition: str = "") -> MetricResult:
-        """A ``MetricResult`` with fluency (perplexity of ``responses`` under the unpatched model) and examples."""
-        from compose.generation import perplexity
+               responses: list[str], scores: list[float], definition: str = "", items: dict | None = None,
+               evaluated: list[str] | None = None) -> MetricResult:
+        """A ``MetricResult`` with fluency (perplexity of ``responses`` under the unpatched model), examples, and
+        95% intervals of every figure in ``items`` (per-prompt values; perplexity's are added here).
+        ``evaluated`` are the distinct prompts the metric was computed on (their hash pairs comparisons)."""
+        import hashlib
+
+        from compose.generation import perplexity_of, response_nll
+        from compose.stats import bootstrap_stat
 
         with unpatched(model) as base:
-            ppl = perplexity(base, tokenizer, prompts, responses, batch_size=self.options["batch_size"],
-                             chat=self.chat)
+            nll = response_nll(base, tokenizer, prompts, responses, batch_size=self.options["batch_size"],
+                               chat=self.chat, desc=f"{self.name}: perplexity")
+        ppl = perplexity_of(nll)
         examples = [{"prompt": p, "response": r, "score": s} for p, r, s in zip(prompts, responses, scores)]
-        return MetricResult(self.name, float(min(1.0, max(0.0, safety))), {k: float(v) for k, v in raw.items()},
-                            directions, {"perplexity": ppl}, examples[:N_SAMPLES], definition or self.metric)
+        result = MetricResult(self.name, float(min(1.0, max(0.0, safety))), {k: float(v) for k, v in raw.items()},
+                              directions, {"perplexity": ppl}, examples[:N_SAMPLES], definition or self.metric,
+                              items={k: [float(x) for x in v] for k, v in (items or {}).items()})
+        result.compute_intervals()
+        if nll and sum(c for _, c in nll):
+            ci = bootstrap_stat([[n for n, _ in nll], [c for _, c in nll]],
+                                lambda n, c: float(np.exp(n.sum() / max(c.sum(), 1))))
+            result.intervals["perplexity"] = {**ci.to_dict(), "value": ppl}
+        digest = hashlib.sha256("\n".join(evaluated if evaluated is not None else prompts).encode()).hexdigest()
+        result.prompts_digest = digest[:16]
+        return result
 
     # -- metadata ----------------------------------------------------------------------------------------
     def info(self) -> dict:

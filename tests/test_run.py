@@ -186,3 +186,34 @@ def test_cli_run_and_report(tmp_path, capsys):
     table = (tmp_path / "orders" / "comparison.md").read_text()
     assert "| cli-run | sequential |" in table and "| reverse | sequential |" in table
     assert json.loads((out / "results.json").read_text())["strategy"] == "sequential"
+
+
+def test_seeds_run_each_seed_and_pool_them(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert main(["run", "--risks", "tox,bias", "--strategy", "sequential", "--preset", "smoke", "--model",
+                 "tiny-random", "--seeds", "0,1", "--output-dir", str(out)]) == 0
+    for seed in (0, 1):
+        assert config_mod.load_config_file(out / f"seed{seed}" / "config.yaml")["seed"] == seed
+        assert (out / f"seed{seed}" / "results.json").is_file()
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["mean"]) == {"toxicity", "bias", "A"}
+    pooled = {c["figure"]: c for c in summary["pooled_vs_base"]}
+    n_tox = len(ForgettingMatrix.load(out / "seed0" / "forgetting.json").rows[0].items["toxicity"]["safety"])
+    assert pooled["toxicity"]["n"] == 2 * n_tox  # (seed, prompt) pairs pooled over both seeds
+    assert "pooled vs base" in (out / "seeds.md").read_text()
+    assert (out / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["run", "--risks", "tox", "--preset", "smoke", "--model", "tiny-random", "--seeds", "0,0"]) == 2
+    assert "distinct integers" in capsys.readouterr().err
+
+
+def test_every_figure_has_an_interval_and_n(tiny, tmp_path):
+    run(tiny, tmp_path / "ci", strategy="sequential")
+    results = json.loads((tmp_path / "ci" / "results.json").read_text())
+    a = results["summary"]["final_average_safety"]
+    assert a["ci_low"] <= a["value"] <= a["ci_high"] and a["n"] > 0
+    evals = json.loads(next((tmp_path / "ci" / "stages").glob("*/eval.json")).read_text())
+    for risk, m in evals.items():
+        for figure in ["safety", *m["raw"], "perplexity"]:
+            ci = m["intervals"][figure]
+            assert ci["ci_low"] <= ci["ci_high"] and ci["n"] > 0, (risk, figure)
+    assert "±" in (tmp_path / "ci" / "report.md").read_text()
