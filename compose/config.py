@@ -22,11 +22,11 @@ PRESETS: dict[str, dict] = {
     "smoke": {"tokens": 4, "train_limit": 6, "retain_limit": 2, "eval_limit": 4, "max_new_tokens": 8,
               "samples": 2, "train": {"sft_epochs": 1, "dpo_epochs": 1, "batch_size": 4, "max_length": 320}},
     # the default: a real run on the embedded model on 2 CPU cores (about 10 minutes for three risks)
-    "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 16, "eval_limit": 32, "max_new_tokens": 32,
+    "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 16, "eval_limit": 200, "max_new_tokens": 32,
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
                                       "batch_size": 8, "max_length": 160}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
-    "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 100, "max_new_tokens": 64,
+    "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,
                                       "batch_size": 8, "max_length": 256}},
 }

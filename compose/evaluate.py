@@ -43,24 +43,33 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--risks", default=DEFAULT_RISKS, help=f"comma-separated risks or aliases (default {DEFAULT_RISKS})")
     p.add_argument("--split", default="eval", help="split to evaluate: eval (default), train, retain, retain_eval")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts of each set")
-    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH",
-                   help="replace a risk's split (default split: eval) with a .jsonl/.csv/.parquet file with a "
-                        "'prompt' column or a Hugging Face dataset id (repeatable)")
+    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
     p.add_argument("--opt", action="append", default=[], metavar="RISK:KEY=VALUE",
                    help="set a risk option, e.g. tox:samples=2, harm:judge=refusal:0.35 (repeatable)")
     p.add_argument("--out", default=None, metavar="DIR", help="where results.json goes (default runs/eval-TIMESTAMP)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
 
+DATA_HELP = ("a risk's prompts from a .jsonl/.csv/.parquet/.txt file with a 'prompt' column or a Hugging Face "
+             "dataset id (repeatable): RISK:SPLIT=PATH replaces one split (train, eval, retain, retain_eval); "
+             "RISK=PATH is split in two by a stable hash of each prompt, half for training, half held out for eval")
+
+
 def parse_data_args(items: list[str]) -> dict[str, dict[str, str]]:
-    """``["harm:eval=a.jsonl", "bias=b.csv"]`` -> {"harm": {"eval": "a.jsonl"}, "bias": {"eval": "b.csv"}}."""
+    """``["harm:eval=a.jsonl", "bias=b.csv"]`` -> {"harm": {"eval": "a.jsonl"}, "bias": {"all": "b.csv"}}
+    (no split: the whole file, split into train and eval by hash; see ``risks.base.POOL``)."""
+    from risks.base import POOL, SPLITS
+
     out: dict[str, dict[str, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ComposeError(f"bad --data '{item}'; expected RISK[:SPLIT]=PATH, e.g. harm:eval=advbench.jsonl")
         risk, _, split = key.partition(":")
-        out.setdefault(risk.strip(), {})[split.strip() or "eval"] = value.strip()
+        split = split.strip() or POOL
+        if not sep or not risk.strip() or not value.strip() or split not in (*SPLITS, POOL):
+            raise ComposeError(f"bad --data '{item}'; expected RISK[:SPLIT]=PATH with SPLIT one of "
+                               f"{', '.join(SPLITS)} (none: the file is split into train and eval), "
+                               "e.g. harm:eval=advbench.jsonl")
+        out.setdefault(risk.strip(), {})[split] = value.strip()
     return out
 
 
@@ -156,10 +165,37 @@ def format_results(results: dict) -> str:
 
 def add_risks_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the full info of every risk as JSON")
+    p.add_argument("--check-data", action="store_true",
+                   help="check that no prompt is in two splits (exact or near duplicates of normalised text): list "
+                        "what was removed from given data and what is left; exit status 1 when any is left")
+    p.add_argument("--risks", default=DEFAULT_RISKS, help="risks to check with --check-data")
+    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
+
+
+def check_data(risks: list) -> int:
+    """Print every risk's split sizes and cross-split duplicates; the number of duplicates left."""
+    from risks.data import overlaps
+
+    left_total = 0
+    for risk in risks:
+        risk.data_sizes()  # loads every split
+        splits = dict(risk.raw_splits)  # compared before the risk's prompt template
+        left = overlaps(splits)
+        left_total += len(left)
+        sizes = ", ".join(f"{s} {len(p)}" for s, p in splits.items())
+        print(f"{risk.name}: {sizes}; {len(risk.removed_overlaps)} cross-split duplicates removed from the given "
+              f"data, {len(left)} left")
+        for sa, pa, sb, pb in (risk.removed_overlaps[:3] + left[:3]):
+            print(f"  {sa}: {pa[:70]!r}  ~  {sb}: {pb[:70]!r}")
+    return left_total
 
 
 def risks_main(args) -> int:
     from risks import list_risks
+
+    if args.check_data:
+        risks = build_risks(args.risks, parse_data_args(args.data), {})
+        return 1 if check_data(risks) else 0
 
     rows = list_risks()
     if args.json:

@@ -31,6 +31,7 @@ import torch
 from compose import config as config_mod
 from compose.artifact import patch_matrix, save_patch
 from compose.errors import ComposeError
+from compose.evaluate import DATA_HELP, parse_data_args
 from compose.forgetting import ForgettingMatrix
 from compose.io import atomic_write_json, read_json
 from compose.models import cache_dir, load_model
@@ -41,7 +42,7 @@ log = logging.getLogger("compose.run")
 
 # Part of every cache key (teacher data, base evaluations, specialists): bump it when a change to the code that
 # builds training data or computes metrics makes earlier cached results stale.
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
 
 class Stage:
@@ -169,9 +170,14 @@ class RunContext:
 
     def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
               frozen_rows: slice | None = None, desc: str = "training") -> dict:
-        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs")
+        probe = held_back(sft, self.cfg.train.probe_examples)
+        held = {e["prompt"] for e in probe}
+        sft = [e for e in sft if e["prompt"] not in held]
+        pairs = [p for p in pairs if p["prompt"] not in held]
+        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs, {len(probe)} held back to watch the decision")
         torch.manual_seed(self.cfg.seed)
-        s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc)
+        s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
+                      probe=probe)
         d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
         for r in (s, d):
@@ -281,6 +287,12 @@ class RunContext:
         return Stage(self, index, name)
 
 
+def held_back(sft: list[dict], n: int) -> list[dict]:
+    """The last ``n`` risk examples of ``sft`` (at most a fifth of them), kept out of training to be watched."""
+    risk = [e for e in sft if e.get("source") == "risk"]
+    return risk[len(risk) - min(n, len(risk) // 5):] if n > 0 else []
+
+
 def _stats(stats: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
@@ -365,7 +377,7 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
                "model": cfg.model, "fingerprint": loaded.fingerprint, "parameters": params,
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
                "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(),
-               "peak_rss_mb_after": ctx.memory, "config": cfg.to_dict()}
+               "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
     atomic_write_json(out_dir / "results.json", results)
     write_report(ctx.matrix, out_dir, title=f"{cfg.strategy}: {', '.join(order)} on {cfg.model}",
                  extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
@@ -432,22 +444,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge method of the merged strategy")
     p.add_argument("--train-limit", type=int, help="training prompts per risk")
     p.add_argument("--eval-limit", type=int, help="evaluation prompts per risk")
-    p.add_argument("--data", action="append", default=[], metavar="RISK:SPLIT=PATH",
-                   help="replace a risk's prompts, e.g. harm:eval=../shared/data/harm_advbench.jsonl")
+    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
     p.add_argument("--config", help="YAML file with the same settings (flags override it)")
     p.add_argument("--output-dir", help="run folder (default runs/STRATEGY-RISKS-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir with its saved config")
-
-
-def parse_data_flags(items: list[str]) -> dict:
-    data: dict = {}
-    for item in items:
-        head, sep, path = item.partition("=")
-        risk, colon, split = head.partition(":")
-        if not (sep and colon and risk and split and path):
-            raise ComposeError(f"bad --data '{item}'; expected RISK:SPLIT=PATH, e.g. harm:eval=advbench.jsonl")
-        data.setdefault(risk, {})[split] = path
-    return data
 
 
 def main(args) -> int:
@@ -464,7 +464,7 @@ def main(args) -> int:
     if args.merge:
         flags["merge"] = {**(file.get("merge") or {"weights": None, "density": 0.5}), "method": args.merge}
     if args.data:
-        flags["data"] = parse_data_flags(args.data)
+        flags["data"] = parse_data_args(args.data)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     if seeds and args.seed is not None:
         raise ComposeError("give either --seed or --seeds, not both")

@@ -40,6 +40,8 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps with a linear warm-up"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     max_steps: int = field(default=-1, metadata={"help": "cap on steps per stage (-1: no cap; for smoke tests)"})
+    probe_examples: int = field(default=8, metadata={"help": "risk examples held back from training to watch the "
+                                                             "decision (DecisionProbe) after every SFT epoch; 0: none"})
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -63,6 +65,7 @@ class StageResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+    probes: list[dict] = field(default_factory=list)  # DecisionProbe measurements (SFT with held-back examples)
 
     @property
     def seconds_per_step(self) -> float:
@@ -77,7 +80,8 @@ class StageResult:
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "steps": self.steps, "examples": self.examples, "losses": self.losses,
-                "seconds": self.seconds, "tokens": self.tokens, "seconds_per_step": self.seconds_per_step}
+                "seconds": self.seconds, "tokens": self.tokens, "seconds_per_step": self.seconds_per_step,
+                "probes": self.probes}
 
 
 @dataclass
@@ -163,6 +167,70 @@ class _LossRecorder:
         self.bar = None
         self.losses: list[float] = []
         self.callback = _CB()
+
+
+class DecisionProbe:
+    """Watches the decision that matters while a patch trains, not the average loss: on held-back prompts (never
+    trained on), the probability the patched model gives the teacher's first response token, the share of prompts
+    whose greedy first token is the teacher's, and the mean log-probability of the teacher's first ``n_tokens``
+    tokens (teacher forcing). A refusal patch, for example, must put "I'm sorry" first; a lower average loss over
+    whole responses can hide that it does not. ``measure()`` runs one batched forward pass."""
+
+    def __init__(self, model, tokenizer, examples: list[dict], n_tokens: int = 4):
+        from compose.generation import chat_texts
+
+        self.model, self.n_tokens = model, n_tokens
+        self.pad = tokenizer.pad_token_id
+        texts = chat_texts(tokenizer, [e["prompt"] for e in examples])
+        self.rows = [(tokenizer(t, add_special_tokens=False)["input_ids"],
+                      tokenizer(e["completion"], add_special_tokens=False)["input_ids"][:n_tokens])
+                     for t, e in zip(texts, examples)]
+        self.rows = [(p, c) for p, c in self.rows if c]
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def measure(self, step: int = 0) -> dict:
+        if not self.rows:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        width = max(len(p) + len(c) for p, c in self.rows)
+        ids = torch.full((len(self.rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, c) in enumerate(self.rows):  # right padding: positions as in training
+            ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+            mask[i, :len(p) + len(c)] = 1
+        device = next(self.model.parameters()).device
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        first_p, match, mean_lp = [], [], []
+        for i, (p, c) in enumerate(self.rows):
+            at = len(p) - 1  # the position predicting the first response token
+            first_p.append(float(logp[i, at, c[0]].exp()))
+            match.append(float(int(logp[i, at].argmax()) == c[0]))
+            mean_lp.append(float(sum(logp[i, at + t, tok] for t, tok in enumerate(c)) / len(c)))
+        self.model.train(was_training)
+        point = {"step": step, "first_token_prob": sum(first_p) / len(first_p),
+                 "first_token_match": sum(match) / len(match), "first_tokens_logprob": sum(mean_lp) / len(mean_lp),
+                 "n": len(self.rows)}
+        self.history.append(point)
+        return point
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        probe = self
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                probe.measure(state.global_step)
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                point = probe.measure(state.global_step)
+                log.info(f"decision probe at step {point['step']}: teacher's first token p={point['first_token_prob']:.3f},"
+                         f" greedy match {point['first_token_match']:.2f} (n={point['n']})")
+
+        return _CB()
 
 
 def sft_dataset(examples: list[dict]):
@@ -267,16 +335,20 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
-              frozen_rows: slice | None = None, desc: str = "") -> StageResult:
-    """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only."""
+              frozen_rows: slice | None = None, desc: str = "", probe: list[dict] | None = None) -> StageResult:
+    """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
+    ``probe``: held-back examples watched by a ``DecisionProbe`` at the start and after every epoch."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
     recorder = _LossRecorder(f"{desc} SFT".strip())
+    watcher = DecisionProbe(model, tokenizer, probe) if probe else None
+    callbacks = [recorder.callback] + ([watcher.callback()] if watcher else [])
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
-        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, [recorder.callback])
+        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks)
         _run(trainer, result)
     result.losses = recorder.losses
+    result.probes = watcher.history if watcher else []
     log.info(result.summary())
     return result
 

@@ -32,6 +32,8 @@ import numpy as np
 from compose.errors import ComposeError, suggest
 
 SPLITS = ("train", "eval", "retain", "retain_eval")
+POOL = "all"  # data key of a user's file for the whole risk: split into train / eval by hash
+HOLDOUT = 0.5  # share of a pooled file that goes to eval
 N_SAMPLES = 4  # (prompt, response, score) examples kept in a MetricResult for reports
 
 
@@ -122,7 +124,7 @@ class Risk:
     requires: tuple[str, ...] = ()  # these must be present in the composed patch
     conflicts: tuple[str, ...] = ()  # must not be composed with these
     chat: bool = True  # prompts are wrapped in the chat template
-    defaults: dict = {"max_new_tokens": 48, "samples": 2, "temperature": 1.0, "top_p": 1.0, "batch_size": 16,
+    defaults: dict = {"max_new_tokens": 48, "samples": 2, "temperature": 1.0, "top_p": 1.0, "batch_size": 32,
                       "seed": 0, "template": "{prompt}"}
 
     def __init__(self, data: dict | None = None, teacher: Teacher | str | None = None, **options):
@@ -139,13 +141,15 @@ class Risk:
                                f"got {self.options['template']!r}")
         self.data_sources = {}
         for split, source in (data or {}).items():
-            self.data_sources[self._check_split(split)] = source
+            self.data_sources[split if split == POOL else self._check_split(split)] = source
         if isinstance(teacher, str):
             from risks.teachers import teacher_from_spec
 
             teacher = teacher_from_spec(teacher)
         self._teacher = teacher
-        self._cache: dict[str, list[str]] = {}
+        self._cache: dict[str, list[str] | None] = {}
+        self.removed_overlaps: list[tuple[str, str, str, str]] = []  # cross-split duplicates dropped from user data
+        self.raw_splits: dict[str, list[str]] = {}  # the splits' prompts before the template (filled on first use)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, data={self.data_sources!r})"
@@ -170,27 +174,54 @@ class Risk:
     def prompts(self, split: str, limit: int | None = None) -> list[str]:
         """The prompts of ``split`` (the user's data where given, else the built-in set), the first ``limit``."""
         self._check_split(split)
-        if split not in self._cache:
-            if split in self.data_sources:
-                from risks.sources import read_rows
-
-                source = self.data_sources[split]
-                prompts = self.prompts_from_rows(read_rows(source), str(source))
-            else:
-                try:
-                    prompts = list(self.load_prompts(split))
-                except NotImplementedError:
-                    raise ComposeError(f"risk '{self.name}' has no built-in '{split}' prompts; give a file with "
-                                       f"--data {self.name}:{split}=PATH") from None
-            template = self.options["template"]
-            self._cache[split] = [template.replace("{prompt}", p) for p in prompts]
+        if not self._cache:
+            self._cache = self._load_splits()
+        if self._cache.get(split) is None:
+            raise ComposeError(f"risk '{self.name}' has no built-in '{split}' prompts; give a file with "
+                               f"--data {self.name}:{split}=PATH")
         prompts = self._cache[split]
         return prompts[:limit] if limit is not None else list(prompts)
+
+    def _load_splits(self) -> dict[str, list[str] | None]:
+        """Every split's prompts, templated: a user's file for a split replaces it; a file given for the whole
+        risk (``POOL``) is split into train and eval by a stable hash of each prompt (``HOLDOUT`` of it to eval);
+        other splits are built in (None where the plugin has none). Exact and near duplicates across splits are
+        then removed (from train first, from eval never; ``risks.data.disjoint``)."""
+        from risks.data import disjoint, hash_split, overlaps
+
+        raw: dict[str, list[str]] = {}
+        pooled = None
+        if POOL in self.data_sources:
+            pooled = hash_split(self._read(self.data_sources[POOL]), {"train": 1 - HOLDOUT, "eval": HOLDOUT},
+                                seed=self.name)
+        for split in SPLITS:
+            if split in self.data_sources:
+                raw[split] = self._read(self.data_sources[split])
+            elif pooled is not None and split in pooled:
+                raw[split] = pooled[split]
+            else:
+                try:
+                    raw[split] = list(self.load_prompts(split))
+                except NotImplementedError:
+                    continue
+        if self.data_sources:  # the built-in sets are disjoint already
+            self.removed_overlaps = overlaps(raw)
+            raw = disjoint(raw)
+        self.raw_splits = raw
+        template = self.options["template"]
+        return {split: [template.replace("{prompt}", p) for p in raw[split]] if split in raw else None
+                for split in SPLITS}
+
+    def _read(self, source) -> list[str]:
+        from risks.sources import read_rows
+
+        return self.prompts_from_rows(read_rows(source), str(source))
 
     def with_data(self, **splits) -> Risk:
         """A copy of this risk whose named splits come from the given files, dataset ids or prompt lists."""
         other = copy.copy(self)
-        other.data_sources = {**self.data_sources, **{self._check_split(k): v for k, v in splits.items()}}
+        other.data_sources = {**self.data_sources,
+                              **{k if k == POOL else self._check_split(k): v for k, v in splits.items()}}
         other._cache = {}
         return other
 

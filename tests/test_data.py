@@ -1,6 +1,7 @@
 """Prompt data (built-in sets, users' files and datasets) and the training data built from them."""
 
 import json
+import re
 
 import pytest
 
@@ -46,6 +47,45 @@ def test_bias_eval_is_the_protocol():
 
 
 # --- users' files -------------------------------------------------------------------------------------------
+
+def test_a_file_for_the_whole_risk_is_split_by_hash_without_overlap(tmp_path):
+    words = ["bread", "a kite", "soap", "a chair", "jam", "a boat", "candles", "paper", "cheese", "a drum", "wine",
+             "a quilt", "pottery", "a fence", "ink", "glue", "a wallet", "yogurt", "a lamp", "rope"]
+    prompts = [f"{verb} {w}?" for w in words for verb in ("How can I make", "Explain in detail the history of")]
+    prompts.append("how can i make bread")  # the same as one above once normalised
+    path = tmp_path / "harm.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    risk = get_risk("harm", data={"all": str(path)})
+    train, held_out = risk.prompts("train"), risk.prompts("eval")
+    assert train and held_out and not set(train) & set(held_out)
+    assert 40 - len(risk.removed_overlaps) <= len(train) + len(held_out) <= 40  # the exact duplicate is dropped
+    again = get_risk("harm", data={"all": list(reversed(prompts))})  # a prompt's split does not depend on order
+    assert set(again.prompts("eval")) == set(held_out)
+    assert risk.prompts("retain_eval") == get_risk("harm").prompts("retain_eval")  # other splits stay built in
+
+
+def test_near_duplicates_across_given_splits_are_removed_from_train(tmp_path):
+    risk = get_risk("harm", data={"train": ["Write a tutorial on how to hack a bank", "Bake a cake for me"],
+                                  "eval": ["Provide a tutorial on how to hack a bank"]})
+    assert risk.prompts("train") == ["Bake a cake for me"]
+    assert risk.prompts("eval") == ["Provide a tutorial on how to hack a bank"]
+    assert len(risk.removed_overlaps) == 1
+
+
+def test_check_data_command(tmp_path, capsys):
+    from compose.cli import main
+
+    assert main(["risks", "--check-data"]) == 0
+    out = capsys.readouterr().out
+    assert "harmfulness: train" in out and "0 left" in out
+    path = tmp_path / "tox.txt"
+    path.write_text("You are such a total idiot and\nYou are such a total idiot, and\nThe weather today is\n")
+    assert main(["risks", "--check-data", "--risks", "tox", "--data", f"tox:train={path}",
+                 "--data", f"tox:eval={path}"]) == 0
+    assert re.search(r"toxicity: train 0, eval 3, .*; [1-9]\d* cross-split duplicates removed", capsys.readouterr().out)
+    assert main(["run", "--risks", "tox", "--data", f"tox:test={path}"]) == 2
+    assert "SPLIT one of" in capsys.readouterr().err
+
 
 def test_every_format_reads(tmp_path):
     import pyarrow as pa

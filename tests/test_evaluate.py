@@ -96,10 +96,10 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
 
 def test_argument_parsing():
     assert parse_data_args(["harm:eval=a.jsonl", "bias=b.csv", "tox:retain=owner/set:test"]) == {
-        "harm": {"eval": "a.jsonl"}, "bias": {"eval": "b.csv"}, "tox": {"retain": "owner/set:test"}}
+        "harm": {"eval": "a.jsonl"}, "bias": {"all": "b.csv"}, "tox": {"retain": "owner/set:test"}}
     assert parse_option_args(["tox:samples=2", "harm:judge=refusal:0.35", "tox:scorer=profanity-check"]) == {
         "tox": {"samples": 2, "scorer": "profanity-check"}, "harm": {"judge": "refusal:0.35"}}
-    for bad in (["harm"], ["=x"]):
+    for bad in (["harm"], ["=x"], ["harm:test=a.jsonl"]):
         with pytest.raises(ComposeError, match="bad --data"):
             parse_data_args(bad)
     with pytest.raises(ComposeError, match="bad --opt"):

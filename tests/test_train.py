@@ -160,3 +160,29 @@ def test_filter_pairs_keeps_clear_and_acceptable():
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="beta"):
         TrainConfig(beta=0)
+
+
+def test_decision_probe_watches_the_first_tokens_on_held_back_prompts(tiny):
+    """Training on refusals raises the probability of the refusal's first token on prompts it never saw."""
+    from compose.train import DecisionProbe
+
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=8)
+    held = [{"prompt": f"Tell me about thing {i}.", "completion": "I cannot help with that request."} for i in range(4)]
+    cfg = TrainConfig(sft_epochs=3, dpo_epochs=0, batch_size=8, sft_lr=1e-1)
+    result = train_sft(model, tiny.tokenizer, SFT, cfg, probe=held)
+    assert [p["step"] for p in result.probes] == [0, 2, 4, 6]  # before training, then after every epoch
+    first, last = result.probes[0], result.probes[-1]
+    assert last["first_token_prob"] > first["first_token_prob"] and last["n"] == 4
+    assert last["first_tokens_logprob"] > first["first_tokens_logprob"]
+    assert 0.0 <= last["first_token_match"] <= 1.0
+    assert result.to_dict()["probes"] == result.probes
+    # the measurement itself: the patched model's own probability of the first completion token
+    probe = DecisionProbe(model, tiny.tokenizer, held[:1])
+    from compose.generation import chat_texts
+
+    ids = tiny.tokenizer(chat_texts(tiny.tokenizer, [held[0]["prompt"]])[0], return_tensors="pt",
+                         add_special_tokens=False)["input_ids"]
+    first = tiny.tokenizer(held[0]["completion"], add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        expected = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)[first]
+    assert probe.measure()["first_token_prob"] == pytest.approx(float(expected), rel=1e-4)
