@@ -432,7 +432,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", help="sequential, sequential-replay (default), stacked, concatenated, merged, joint")
     add_model_arguments(p)
     p.set_defaults(model=None, dtype=None)
-    p.add_argument("--preset", help="smoke (seconds), quick (default, ~10 min on 2 CPU cores), paper (GPU)")
+    p.add_argument("--preset", help="smoke (seconds), quick (default, ~20 min on 2 CPU cores, 200 eval prompts per risk), paper (GPU)")
     p.add_argument("--tokens", help="virtual tokens per risk, e.g. tox=20,bias=20,harm=10, or one number for all")
     p.add_argument("--replay", type=float, help="share of each later stage's data replayed from earlier risks")
     p.add_argument("--seed", type=int)
@@ -499,19 +499,31 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def summary_table(results: dict, out: Path) -> str:
+    """The forgetting matrix as text (safety ± half-width of its 95% interval) and the summary figures."""
     s = results["summary"]
     m = ForgettingMatrix.load(out / "forgetting.json")
     width = max(len(r.name) for r in m.rows) + 2
-    lines = ["", f"{'':<{width}}" + "".join(f"{r:>14}" for r in m.risks) + f"{'perplexity':>12}"]
+
+    def cell(row, risk):
+        ci = row.safety_interval(risk)
+        return f"{row.scores[risk]:.3f}" + (f" ±{(ci['ci_high'] - ci['ci_low']) / 2:.3f}" if ci else "")
+
+    lines = ["", f"{'':<{width}}" + "".join(f"{r:>16}" for r in m.risks) + f"{'perplexity':>12}"]
     for row in m.rows:
         ppl = row.fluency.get("perplexity")
-        lines.append(f"{row.name:<{width}}" + "".join(f"{row.scores[r]:>14.3f}" for r in m.risks)
+        lines.append(f"{row.name:<{width}}" + "".join(f"{cell(row, r):>16}" for r in m.risks)
                      + (f"{ppl:>12.2f}" if ppl is not None else f"{'':>12}"))
+
     def fig(name):
-        v = s.get(name, {}).get("value")
-        return "n/a" if v is None else f"{v:+.3f}" if name != "final_average_safety" else f"{v:.3f}"
-    lines += ["", f"safety scores (higher safer); final average safety {fig('final_average_safety')}, "
-                  f"forgetting {fig('forgetting')}, BWT {fig('bwt')}, FWT {fig('fwt')}",
+        f = s.get(name, {})
+        v = f.get("value")
+        if v is None:
+            return "n/a"
+        spec = ".3f" if name == "final_average_safety" else "+.3f"
+        return f"{v:{spec}}" + (f" [{f['ci_low']:{spec}}, {f['ci_high']:{spec}}]" if f.get("ci_low") is not None else "")
+    ns = ", ".join(f"{r} n={(m.rows[-1].safety_interval(r) or {}).get('n', '?')}" for r in m.risks)
+    lines += ["", f"safety scores (higher safer, ± 95% interval; {ns}); final average safety "
+                  f"{fig('final_average_safety')}, forgetting {fig('forgetting')}, BWT {fig('bwt')}, FWT {fig('fwt')}",
               f"patch: {results['parameters']['patch']} parameters ({results['parameters']['share_percent']:.4f}% "
               f"of the model); wall time {results['wall_seconds']:.0f}s",
               f"run folder: {out} (report.md, forgetting.png, patch/)"]

@@ -19,7 +19,7 @@ for s in "${STRATEGIES[@]}"; do
   "$BIN/compose" run --risks "$RISKS" --strategy "$s" --seed "$SEED" --output-dir "$OUT/$s"
   keep "$OUT/$s" "$RESULTS/$s"
 done
-"$BIN/compose" report "${STRATEGIES[@]/#/$OUT/}" --out "$RESULTS"
+"$BIN/compose" report "${STRATEGIES[@]/#/$OUT/}" --out "$RESULTS" --baseline sequential
 if [[ " ${STRATEGIES[*]} " == *" concatenated "* ]]; then
   "$BIN/python" experiments/goals.py "${STRATEGIES[@]/#/$OUT/}" --specialists "$OUT/concatenated" \
     --out "$RESULTS/goals.md"

@@ -297,11 +297,11 @@ class Risk:
         ``evaluated`` are the distinct prompts the metric was computed on (their hash pairs comparisons)."""
         import hashlib
 
-        from compose.generation import perplexity_of, response_nll
+        from compose.generation import MAX_SEQUENCES, perplexity_of, response_nll
         from compose.stats import bootstrap_stat
 
         with unpatched(model) as base:
-            nll = response_nll(base, tokenizer, prompts, responses, batch_size=self.options["batch_size"],
+            nll = response_nll(base, tokenizer, prompts, responses, batch_size=MAX_SEQUENCES,
                                chat=self.chat, desc=f"{self.name}: perplexity")
         ppl = perplexity_of(nll)
         examples = [{"prompt": p, "response": r, "score": s} for p, r, s in zip(prompts, responses, scores)]
