@@ -36,7 +36,7 @@ from compose.forgetting import ForgettingMatrix
 from compose.io import atomic_write_json, read_json
 from compose.models import cache_dir, load_model
 from compose.patch import Segment, attach_patch, count_parameters, get_prompt, set_prompt
-from compose.train import Reference, train_dpo, train_sft
+from compose.train import DecisionProbe, Reference, train_dpo, train_sft
 
 log = logging.getLogger("compose.run")
 
@@ -176,10 +176,13 @@ class RunContext:
         pairs = [p for p in pairs if p["prompt"] not in held]
         log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs, {len(probe)} held back to watch the decision")
         torch.manual_seed(self.cfg.seed)
+        watcher = DecisionProbe(model, self.loaded.tokenizer, probe) if probe else None
         s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
-                      probe=probe)
+                      probe=watcher)
         d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
+        if watcher is not None and d.steps:
+            d.probes = [watcher.measure(s.steps + d.steps)]  # the decision after DPO too
         for r in (s, d):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), "dpo": d.to_dict()}

@@ -335,20 +335,21 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
-              frozen_rows: slice | None = None, desc: str = "", probe: list[dict] | None = None) -> StageResult:
+              frozen_rows: slice | None = None, desc: str = "",
+              probe: DecisionProbe | list[dict] | None = None) -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
-    ``probe``: held-back examples watched by a ``DecisionProbe`` at the start and after every epoch."""
+    ``probe``: a ``DecisionProbe`` (or its held-back examples) measured at the start and after every epoch."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
     recorder = _LossRecorder(f"{desc} SFT".strip())
-    watcher = DecisionProbe(model, tokenizer, probe) if probe else None
+    watcher = probe if isinstance(probe, DecisionProbe) or not probe else DecisionProbe(model, tokenizer, probe)
     callbacks = [recorder.callback] + ([watcher.callback()] if watcher else [])
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
         trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks)
         _run(trainer, result)
     result.losses = recorder.losses
-    result.probes = watcher.history if watcher else []
+    result.probes = list(watcher.history) if watcher else []
     log.info(result.summary())
     return result
 
