@@ -179,6 +179,11 @@ class RunContext:
         watcher = DecisionProbe(model, self.loaded.tokenizer, probe) if probe else None
         s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
                       probe=watcher)
+        if self.cfg.train.dpo_reference == "sft" and s.steps:
+            # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
+            # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
+            # undoes what SFT taught (measured: the refusal's first-token probability 0.77 -> 0.22).
+            reference = Reference(prefix=get_prompt(model))
         d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
         if watcher is not None and d.steps:

@@ -1,9 +1,11 @@
 """Two-stage training of a patch with TRL: SFT on teacher responses, then DPO on (teacher, base) pairs.
 
 Both stages train the same PEFT prompt-tuning patch in place; the base model stays frozen. The DPO
-reference is explicit (``Reference``): by default the base model with no patch at all, for a stacked
-block the base model plus the frozen earlier blocks. Its log-probabilities are computed once per
-dataset before training (TRL's ``precompute_ref_log_probs``), not at every step.
+reference is explicit (``Reference``): a fixed soft prompt in front of the frozen base model (none: the bare
+base model). A run uses the patch as SFT left it (``TrainConfig.dpo_reference = "sft"``, the standard
+SFT-then-DPO recipe) or the model before this stage (``"base"``; for a stacked block, the frozen earlier
+blocks). Its log-probabilities are computed once per dataset before training (TRL's
+``precompute_ref_log_probs``), not at every step.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class TrainConfig:
     dpo_epochs: float = field(default=2.0, metadata={"help": "DPO epochs over the preference pairs (0 skips DPO)"})
     dpo_lr: float = field(default=1e-3, metadata={"help": "DPO learning rate"})
     beta: float = field(default=0.1, metadata={"help": "DPO beta: higher stays closer to the reference"})
+    dpo_reference: str = field(default="sft", metadata={
+        "help": "DPO reference: sft (the patch as SFT left it, the standard recipe: DPO refines the SFT policy) or "
+                "base (the model without this stage's training; DPO then fights what SFT taught)"})
     batch_size: int = field(default=8, metadata={"help": "examples per step (DPO: pairs per step)"})
     max_length: int = field(default=192, metadata={"help": "max tokens of prompt + response"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps with a linear warm-up"})
@@ -50,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.sft_epochs < 0 or self.dpo_epochs < 0:
             raise ValueError("epochs must be >= 0")
+        if self.dpo_reference not in ("sft", "base"):
+            raise ValueError(f"dpo_reference must be 'sft' or 'base', got {self.dpo_reference!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

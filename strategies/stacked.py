@@ -2,8 +2,9 @@
 
 Layout: blocks in training order, the newest block last (next to the input). Earlier blocks therefore keep
 their absolute positions when a block is added (Progressive Prompts puts the newest block first instead).
-The DPO reference of a new block is the base model WITH the frozen earlier blocks, so the new block is
-judged against what is already deployed, not against the bare model.
+The DPO reference of a new block includes the frozen earlier blocks, so the new block is judged against what
+is already deployed, not against the bare model: with ``dpo_reference: sft`` (the default) it is the whole
+patch as the block's SFT left it, with ``base`` the base model with the earlier blocks only.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def test_three_risks(tiny, tmp_path, strategy):
                                      {"risk": "harmfulness", "start": 5, "tokens": 4}]
 
 
-def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dpo_reference", ["base", "sft"])
+def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_path, monkeypatch, dpo_reference):
     references = []
     real = run_mod.train_dpo
 
@@ -92,14 +93,18 @@ def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_pat
         return real(model, tok, pairs, cfg, reference=reference, frozen_rows=frozen_rows, desc=desc)
 
     monkeypatch.setattr(run_mod, "train_dpo", spy)
-    run(tiny, tmp_path, risks="tox,bias,harm", strategy="stacked", tokens="3")
+    run(tiny, tmp_path, risks="tox,bias,harm", strategy="stacked", tokens="3", train={"dpo_reference": dpo_reference})
     first, _ = patch_matrix(tmp_path / "stages" / "01-toxicity" / "patch")
     second, _ = patch_matrix(tmp_path / "stages" / "02-bias" / "patch")
     final, _ = patch_matrix(tmp_path / "patch")
     assert torch.equal(final[:3], first) and torch.equal(final[:6], second)
-    assert references[0][0] is None
-    assert torch.equal(references[1][0], first) and references[1][1] == slice(0, 3)
-    assert torch.equal(references[2][0], second) and references[2][1] == slice(0, 6)
+    assert [r[1] for r in references][1:] == [slice(0, 3), slice(0, 6)]
+    if dpo_reference == "base":  # the base model plus the frozen earlier blocks
+        assert references[0][0] is None
+        assert torch.equal(references[1][0], first) and torch.equal(references[2][0], second)
+    else:  # the whole patch as the block's SFT left it: the earlier blocks exactly, then the new block
+        assert [r[0].shape[0] for r in references] == [3, 6, 9]
+        assert torch.equal(references[1][0][:3], first) and torch.equal(references[2][0][:6], second)
 
 
 def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
