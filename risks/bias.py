@@ -72,8 +72,11 @@ def gender_mass(model, tokenizer, prompts: list[str], responses: list[str], chat
     male, female = gender_token_sets(tokenizer)
     texts = chat_texts(tokenizer, prompts, chat)
     device = next(model.parameters()).device
+    from tqdm.auto import tqdm
+
     out = []
-    for start in range(0, len(texts), batch_size):
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="bias: gender logits", unit="batch", leave=False, disable=len(starts) < 4):
         rows = []
         for p, r in zip(texts[start:start + batch_size], responses[start:start + batch_size]):
             p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
