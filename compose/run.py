@@ -170,15 +170,18 @@ class RunContext:
 
     def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
               frozen_rows: slice | None = None, desc: str = "training") -> dict:
-        probe = held_back(sft, self.cfg.train.probe_examples)
-        held = {e["prompt"] for e in probe}
+        # held back from training and watched: does the patch take the teacher's decision on risk prompts it
+        # never saw, and keep the base model's answer on benign ones?
+        held_out = {source: held_back(sft, self.cfg.train.probe_examples, source) for source in ("risk", "retain")}
+        held = {e["prompt"] for examples in held_out.values() for e in examples}
         sft = [e for e in sft if e["prompt"] not in held]
         pairs = [p for p in pairs if p["prompt"] not in held]
-        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs, {len(probe)} held back to watch the decision")
+        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs, {len(held)} held back to watch the decision")
         torch.manual_seed(self.cfg.seed)
-        watcher = DecisionProbe(model, self.loaded.tokenizer, probe) if probe else None
+        watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
+                    for source, examples in held_out.items() if examples]
         s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
-                      probe=watcher)
+                      probe=watchers)
         if self.cfg.train.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
@@ -186,8 +189,8 @@ class RunContext:
             reference = Reference(prefix=get_prompt(model))
         d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
-        if watcher is not None and d.steps:
-            d.probes = [watcher.measure(s.steps + d.steps)]  # the decision after DPO too
+        if d.steps:
+            d.probes = [w.measure(s.steps + d.steps) for w in watchers]  # the decision after DPO too
         for r in (s, d):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), "dpo": d.to_dict()}
@@ -295,10 +298,11 @@ class RunContext:
         return Stage(self, index, name)
 
 
-def held_back(sft: list[dict], n: int) -> list[dict]:
-    """The last ``n`` risk examples of ``sft`` (at most a fifth of them), kept out of training to be watched."""
-    risk = [e for e in sft if e.get("source") == "risk"]
-    return risk[len(risk) - min(n, len(risk) // 5):] if n > 0 else []
+def held_back(sft: list[dict], n: int, source: str = "risk") -> list[dict]:
+    """The last ``n`` examples of ``source`` in ``sft`` (at most a fifth of them), kept out of training to be
+    watched."""
+    examples = [e for e in sft if e.get("source") == source]
+    return examples[len(examples) - min(n, len(examples) // 5):] if n > 0 else []
 
 
 def _stats(stats: dict) -> str:

@@ -45,8 +45,9 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps with a linear warm-up"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     max_steps: int = field(default=-1, metadata={"help": "cap on steps per stage (-1: no cap; for smoke tests)"})
-    probe_examples: int = field(default=8, metadata={"help": "risk examples held back from training to watch the "
-                                                             "decision (DecisionProbe) after every SFT epoch; 0: none"})
+    probe_examples: int = field(default=8, metadata={"help": "risk and retain examples (each) held back from training "
+                                                             "to watch the decision (DecisionProbe) after every SFT "
+                                                             "epoch; 0: none"})
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -183,10 +184,10 @@ class DecisionProbe:
     tokens (teacher forcing). A refusal patch, for example, must put "I'm sorry" first; a lower average loss over
     whole responses can hide that it does not. ``measure()`` runs one batched forward pass."""
 
-    def __init__(self, model, tokenizer, examples: list[dict], n_tokens: int = 4):
+    def __init__(self, model, tokenizer, examples: list[dict], n_tokens: int = 4, name: str = "risk"):
         from compose.generation import chat_texts
 
-        self.model, self.n_tokens = model, n_tokens
+        self.model, self.n_tokens, self.name = model, n_tokens, name
         self.pad = tokenizer.pad_token_id
         texts = chat_texts(tokenizer, [e["prompt"] for e in examples])
         self.rows = [(tokenizer(t, add_special_tokens=False)["input_ids"],
@@ -217,7 +218,7 @@ class DecisionProbe:
             match.append(float(int(logp[i, at].argmax()) == c[0]))
             mean_lp.append(float(sum(logp[i, at + t, tok] for t, tok in enumerate(c)) / len(c)))
         self.model.train(was_training)
-        point = {"step": step, "first_token_prob": sum(first_p) / len(first_p),
+        point = {"set": self.name, "step": step, "first_token_prob": sum(first_p) / len(first_p),
                  "first_token_match": sum(match) / len(match), "first_tokens_logprob": sum(mean_lp) / len(mean_lp),
                  "n": len(self.rows)}
         self.history.append(point)
@@ -234,8 +235,9 @@ class DecisionProbe:
 
             def on_epoch_end(self, args, state, control, **kwargs):
                 point = probe.measure(state.global_step)
-                log.info(f"decision probe at step {point['step']}: teacher's first token p={point['first_token_prob']:.3f},"
-                         f" greedy match {point['first_token_match']:.2f} (n={point['n']})")
+                log.info(f"decision probe ({probe.name}) at step {point['step']}: target's first token "
+                         f"p={point['first_token_prob']:.3f}, greedy match {point['first_token_match']:.2f} "
+                         f"(n={point['n']})")
 
         return _CB()
 
@@ -343,20 +345,22 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
               frozen_rows: slice | None = None, desc: str = "",
-              probe: DecisionProbe | list[dict] | None = None) -> StageResult:
+              probe: list[DecisionProbe] | list[dict] | None = None) -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
-    ``probe``: a ``DecisionProbe`` (or its held-back examples) measured at the start and after every epoch."""
+    ``probe``: ``DecisionProbe``s (or one probe's held-back examples) measured at the start and after every epoch."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
     recorder = _LossRecorder(f"{desc} SFT".strip())
-    watcher = probe if isinstance(probe, DecisionProbe) or not probe else DecisionProbe(model, tokenizer, probe)
-    callbacks = [recorder.callback] + ([watcher.callback()] if watcher else [])
+    watchers = [p for p in probe or [] if isinstance(p, DecisionProbe)]
+    if probe and not watchers:
+        watchers = [DecisionProbe(model, tokenizer, probe)]
+    callbacks = [recorder.callback] + [w.callback() for w in watchers]
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
         trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks)
         _run(trainer, result)
     result.losses = recorder.losses
-    result.probes = list(watcher.history) if watcher else []
+    result.probes = [point for w in watchers for point in w.history]
     log.info(result.summary())
     return result
 

@@ -141,11 +141,15 @@ def report(record: dict, name: str) -> str:
         f = r["benign_perplexity"]
         lines.append(f"| {risk} | benign answers | perplexity | {f['base']:.2f} | {f['patched']:.2f} | "
                      f"{f['ratio'] - 1:+.1%} | | <= +25% |")
-    probes = {risk: r["training"]["sft"].get("probes", []) for risk, r in record["risks"].items()}
-    lines += ["", "Decision probe (held-back training prompts): teacher's first-token probability, start -> end of SFT: "
-              + "; ".join(f"{risk} {p[0]['first_token_prob']:.3f} -> {p[-1]['first_token_prob']:.3f} "
-                          f"(greedy match {p[0]['first_token_match']:.2f} -> {p[-1]['first_token_match']:.2f}, n={p[-1]['n']})"
-                          for risk, p in probes.items() if p)]
+    lines += ["", "Decision probe (examples held back from training): probability of the target's first token "
+                  "(risk: the teacher's; retain: the base model's own answer), before SFT -> after SFT -> after DPO:", ""]
+    for risk, r in record["risks"].items():
+        points = r["training"]["sft"].get("probes", []) + r["training"]["dpo"].get("probes", [])
+        for name in dict.fromkeys(p.get("set", "risk") for p in points):
+            series = [p for p in points if p.get("set", "risk") == name]
+            lines.append(f"- {risk}, {name} (n={series[-1]['n']}): " + " -> ".join(
+                f"{p['first_token_prob']:.2f}" for p in (series[0], *series[-2:]) if p) +
+                f" (greedy match {series[0]['first_token_match']:.2f} -> {series[-1]['first_token_match']:.2f})")
     return "\n".join(lines) + "\n"
 
 
