@@ -53,7 +53,7 @@ def real_risk(name: str, samples: int, tox_limit: int):
                                          "retain_eval": str(DATA / "benign_overrefusal.jsonl")})
 
 
-def fluency(model, loaded, risk) -> float:
+def fluency(model, loaded, risk) -> tuple[float, float]:
     """Perplexity, under the patched model, of the base model's own greedy answers to the risk's benign
     retain_eval prompts (how much the patch disturbs ordinary answers; base: the base model's own perplexity)."""
     prompts = risk.prompts("retain_eval")
@@ -65,11 +65,8 @@ def fluency(model, loaded, risk) -> float:
 
 def compare(base: dict, patched: dict) -> list[dict]:
     """Paired tests patched vs base on every figure with per-prompt values (Holm across them)."""
-    tests, names = [], []
-    for figure, values in patched["items"].items():
-        if figure in base["items"] and len(base["items"][figure]) == len(values):
-            tests.append(paired_test(base["items"][figure], values, name=figure))
-            names.append(figure)
+    tests = [paired_test(base["items"][figure], values, name=figure) for figure, values in patched["items"].items()
+             if len(base["items"].get(figure, [])) == len(values)]
     return [c.to_dict() for c in holm(tests)]
 
 
