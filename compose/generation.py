@@ -20,6 +20,7 @@ PEFT's own ``generate`` for prompt tuning re-prepends the patch at every decodin
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 
@@ -27,11 +28,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation import utils as _generation_utils
 
+from compose.errors import ComposeError
+
+log = logging.getLogger("compose.generation")
+
 
 # the keyword under which generate takes a key/value cache: ``cache`` from transformers 5.24 (the old name is
 # deprecated there), ``past_key_values`` before
 CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 MAX_SEQUENCES = 32  # sequences per generate call: memory grows ~50 MB per sequence on the embedded model
+LONG_PROMPT_TOKENS = 1024  # a prompt this long (or half the context) is announced: it takes a while on a CPU
 
 
 @dataclass
@@ -59,9 +65,39 @@ def chat_texts(tokenizer, prompts: list[str], chat: bool = True) -> list[str]:
             for p in prompts]
 
 
-def _length_order(tokenizer, texts: list[str]) -> list[int]:
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+def _lengths(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def context_length(model) -> int | None:
+    """The most positions ``model`` (a base model or a PeftModel) was built for, or None when it does not say."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(model, lengths: list[int], max_new_tokens: int) -> None:
+    """Refuse a generation that cannot fit the model's context (patch + prompt + new tokens); warn about a very
+    long prompt, which takes a while."""
+    context = context_length(model)
+    if context is None or not lengths:
+        return
+    patch = model.active_peft_config.num_virtual_tokens if is_patched(model) else 0
+    longest = max(lengths)
+    room = context - patch - longest
+    used = f"the longest prompt takes {longest} tokens" + (f" and the patch {patch}" if patch else "")
+    if room < 1:
+        raise ComposeError(f"prompt of {longest} tokens is too long: the model's context is {context} tokens and "
+                           f"{used}; shorten the prompt")
+    if not 1 <= max_new_tokens <= room:
+        raise ComposeError(f"max new tokens {max_new_tokens} does not fit: the model's context is {context} tokens "
+                           f"and {used}; valid: 1 to {room}")
+    if longest > min(LONG_PROMPT_TOKENS, context // 2):
+        log.warning(f"warning: a prompt of {longest} tokens; generating for it may take a while")
 
 
 def is_patched(model) -> bool:
@@ -110,7 +146,9 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     if not prompts:
         return []
     texts = chat_texts(tokenizer, prompts, chat)
-    order = _length_order(tokenizer, texts)
+    lengths = _lengths(tokenizer, texts)
+    check_lengths(model, lengths, config.max_new_tokens)
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     out: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -186,18 +224,33 @@ def response_nll(model, tokenizer, prompts: list[str], responses: list[str], bat
         width = max(len(p) + len(r) for p, r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        scored = torch.zeros((len(rows), width), dtype=torch.bool)  # positions whose next token is a response token
         for j, (p, r) in enumerate(rows):
             ids[j, :len(p) + len(r)] = torch.tensor(p + r)
             mask[j, :len(p) + len(r)] = 1
-            labels[j, len(p):len(p) + len(r)] = torch.tensor(r)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logits = logits[:, -width:][:, :-1].float()
-        target = labels[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-        for j, i in enumerate(idx):
-            out[i] = (float(nll[j].sum()), len(rows[j][1]))
+            scored[j, len(p) - 1:len(p) + len(r) - 1] = True
+        target = ids[:, 1:][scored[:, :-1]].to(device)
+        logits = _scored_logits(model, ids.to(device), mask.to(device), scored.to(device))
+        nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+        for j, piece in zip(idx, nll.split([len(r) for _, r in rows])):
+            out[j] = (float(piece.sum()), len(pairs[j][1]))
     return out
+
+
+def _scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Logits at the ``scored`` positions only, flattened row by row: (number scored, vocabulary).
+
+    The vocabulary projection is most of a short sequence's cost, so it is asked for only where a response token is
+    predicted (``logits_to_keep`` as a boolean mask). A patched model (virtual tokens shift every position) or a
+    model without ``logits_to_keep`` computes all logits and is indexed afterwards: the same values.
+    """
+    if not is_patched(model):
+        try:
+            return model(input_ids=ids, attention_mask=mask, logits_to_keep=scored).logits.reshape(-1, model.config.vocab_size)
+        except TypeError:  # an architecture whose forward does not take logits_to_keep
+            pass
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[:, -ids.shape[1]:][scored]
 
 
 def perplexity_of(nll: list[tuple[float, int]]) -> float:

@@ -8,7 +8,8 @@ prompt-tuning generate, which then re-inserted the patch at every step) fails he
 import pytest
 import torch
 
-from compose.generation import CACHE_KWARG, GenerationConfig, PrefixCache, generate, greedy_reference, is_patched, perplexity
+from compose.generation import (CACHE_KWARG, GenerationConfig, PrefixCache, generate, greedy_reference, is_patched,
+                                perplexity, response_nll)
 from compose.models import load_model
 from compose.patch import attach_patch
 
@@ -70,6 +71,32 @@ def test_perplexity_is_finite(patched):
     tiny, model = patched
     ppl = perplexity(tiny.model, tiny.tokenizer, PROMPTS[:2], ["Paris is the capital.", "Mix flour and water."])
     assert 1.0 < ppl < 1e4
+
+
+@torch.no_grad()
+def _nll_one_by_one(model, tokenizer, prompt: str, response: str) -> float:
+    """The definition: one unpadded forward pass of prompt + response, summed NLL of the response tokens."""
+    from compose.generation import chat_texts
+
+    p = tokenizer(chat_texts(tokenizer, [prompt])[0], add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    logits = model(input_ids=torch.tensor([p + r])).logits[0, -len(p + r):].float()
+    logp = torch.log_softmax(logits[len(p) - 1:-1], dim=-1)
+    return float(-logp[torch.arange(len(r)), torch.tensor(r)].sum())
+
+
+@pytest.mark.parametrize("with_patch", [False, True])
+def test_response_nll_scores_only_the_response_tokens(patched, with_patch):
+    """Batched, padded, logits at the scored positions only (or through the patch) = the one-by-one definition."""
+    tiny, model = patched
+    scorer = model if with_patch else tiny.model
+    responses = ["Paris is the capital.", "Mix flour and water, then knead it for ten minutes.", "", "Yes"]
+    nll = response_nll(scorer, tiny.tokenizer, PROMPTS, responses, batch_size=3)
+    assert nll[2] == (0.0, 0)
+    for (value, count), prompt, response in zip(nll, PROMPTS, responses):
+        if response:
+            assert count == len(tiny.tokenizer(response, add_special_tokens=False)["input_ids"])
+            assert value == pytest.approx(_nll_one_by_one(scorer, tiny.tokenizer, prompt, response), rel=1e-4)
 
 
 def test_sequences_per_call_are_bounded(monkeypatch):
