@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from compose.errors import ComposeError
+from compose.errors import ComposeError, one_line, os_error_message
 
 # name -> (one-line help, "module:add_arguments", "module:main")
 COMMANDS = {
@@ -70,12 +70,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    from compose.generation import MAX_SAMPLES
+
     add_model_arguments(p)
     p.add_argument("--patch", action="append", default=[], metavar="DIR",
                    help="patch directory to apply (repeatable: several patches are ordered by their dependencies)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--samples", type=int, default=1, help="responses per prompt (> 1 samples)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="at most this many tokens per response (bounded by the model's context)")
+    p.add_argument("--samples", type=int, default=1, help=f"responses per prompt (> 1 samples; at most {MAX_SAMPLES})")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="continue the text instead of using the chat template")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
@@ -95,11 +98,16 @@ def apply_patches(loaded, patch_dirs: list[str]):
 
 
 def generate_main(args) -> int:
-    from compose.generation import GenerationConfig, generate
+    from compose.generation import MAX_SAMPLES, GenerationConfig, generate
     from compose.models import load_model
 
-    if args.max_new_tokens < 1 or args.samples < 1:
-        raise ComposeError("--max-new-tokens and --samples must be >= 1")
+    if args.max_new_tokens < 1:
+        raise ComposeError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise ComposeError(f"--samples must be from 1 to {MAX_SAMPLES}, got {args.samples}")
+    if not args.temperature > 0 or args.temperature == float("inf"):
+        raise ComposeError(f"--temperature must be a positive number (1.0: the model's own distribution), "
+                           f"got {args.temperature}")
     loaded = load_model(args.model, args.dtype)
     model = apply_patches(loaded, args.patch)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, samples=args.samples,
@@ -130,6 +138,8 @@ def add_patch_arguments(p: argparse.ArgumentParser) -> None:
     apply.add_argument("--output", required=True, help="directory of the composed patch")
     apply.add_argument("--name", help="name of the composed patch (default: the output folder's name)")
     apply.add_argument("--version", default="1.0.0")
+    apply.add_argument("--force", action="store_true",
+                       help="replace an --output folder that is not a patch written by `compose patch apply`")
 
 
 def patch_main(args) -> int:
@@ -157,10 +167,12 @@ def patch_main(args) -> int:
 
 def _apply(args) -> int:
     from compose.artifact import save_patch
+    from compose.io import check_output_dir
     from compose.models import load_model
     from compose.patch import attach_patch
     from compose.patchset import compose_matrices, describe_patch_set, resolve_patch_set
 
+    check_output_dir(args.output, "--output", force=args.force, inputs=args.dirs, owned=_written_by_apply)
     loaded = load_model(args.model, args.dtype)
     manifests = resolve_patch_set(args.dirs, loaded.fingerprint)
     print(f"order: {describe_patch_set(manifests)}")
@@ -173,6 +185,16 @@ def _apply(args) -> int:
                      conflicts=conflicts)
     print(f"wrote {out} ({weights.shape[0]} tokens)")
     return 0
+
+
+def _written_by_apply(folder: Path) -> bool:
+    """True for a patch that an earlier `compose patch apply` wrote (it may be replaced without --force)."""
+    from compose.artifact import read_manifest
+
+    try:
+        return "composed_from" in (read_manifest(folder).get("training") or {})
+    except ComposeError:
+        return False
 
 
 def format_manifest(m: dict) -> str:
@@ -198,6 +220,14 @@ def format_manifest(m: dict) -> str:
 
 # --- entry point --------------------------------------------------------------------------------------------
 
+def check_plugin(spec: str) -> str:
+    """A ``--plugin`` value that names a file must name a Python source file (a data file is refused)."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".py":
+        raise ComposeError(f"--plugin '{spec}' is not a Python file; give a .py file or an importable module name")
+    return spec
+
+
 def _quiet_libraries(debug: bool) -> None:
     if debug:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -222,13 +252,18 @@ def main(argv: list[str] | None = None) -> int:
             from risks import load_plugin
 
             for plugin in plugins:
-                load_plugin(plugin)
+                load_plugin(check_plugin(plugin))
         return int(_load(args.handler)(args) or 0)
     except ComposeError as exc:
         if args.debug:
             raise
-        print(f"compose: error: {exc}", file=sys.stderr)
+        print(f"compose: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused: full disk, read-only or forbidden folder, missing file
+        if args.debug:
+            raise
+        print(f"compose: error: {one_line(os_error_message(exc))}", file=sys.stderr)
+        return ComposeError.exit_code
     except KeyboardInterrupt:
         print("compose: interrupted; finished stages are kept and a re-run resumes from them", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from compose.errors import ComposeError, suggest
+from compose.schema import Field, check_fields, kind_of
 from compose.train import TrainConfig
 
 PRESETS: dict[str, dict] = {
@@ -31,6 +32,8 @@ PRESETS: dict[str, dict] = {
                                       "batch_size": 8, "max_length": 256}},
 }
 DEFAULT_PRESET = "quick"
+MAX_TOKENS = 4096  # virtual tokens of one risk's patch: far beyond any useful patch, well inside memory
+CONSTRAINT_KINDS = ("after", "requires", "conflicts")
 
 
 @dataclass
@@ -79,6 +82,44 @@ class RunConfig:
         return sum(self.tokens[r] for r in self.risks)
 
 
+def _settings_schema(cls, overrides: dict[str, Field]) -> dict[str, Field]:
+    """Optional fields of ``cls``'s settings, typed by their defaults (``overrides`` where that says too little)."""
+    fields = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        fields[f.name] = Field(kind_of(default), required=False)
+    return {**fields, **overrides}
+
+
+def check_settings(d: dict, where: str) -> dict:
+    """Types of a run config's settings (its ``train`` mapping too), checked as it is read."""
+    limit = {k: Field("int", required=False, minimum=1) for k in ("train_limit", "eval_limit", "max_new_tokens",
+                                                                  "samples")}
+    check_fields(d, _settings_schema(RunConfig, {
+        "risks": Field("str-or-list", required=False), "tokens": Field("tokens", required=False),
+        "replay": Field("number", required=False, minimum=0, maximum=0.999),
+        "retain_limit": Field("int", required=False, minimum=0), "train": Field("dict", required=False), **limit}),
+        where)
+    check_fields(d.get("train") or {}, _settings_schema(TrainConfig, {}), f"{where}, train")
+    check_fields(d.get("merge") or {}, {"method": Field("str", required=False), "weights": Field("any", required=False),
+                                        "density": Field("number", required=False, minimum=0, maximum=1)},
+                 f"{where}, merge")
+    return d
+
+
+def canonical_constraints(raw: dict, where: str = "constraints") -> dict[str, dict[str, list[str]]]:
+    """``{risk: {after|requires|conflicts: [risks]}}`` with every risk named canonically (aliases resolved), so a
+    cycle written with aliases is found like one written with names."""
+    from risks import risk_class
+
+    out = {}
+    for risk, kinds in (raw or {}).items():
+        check_fields(kinds, {k: Field("str-list", required=False) for k in CONSTRAINT_KINDS}, f"{where}.{risk}")
+        _check_keys(kinds, CONSTRAINT_KINDS, f"{where}.{risk}")
+        out[risk_class(risk).name] = {k: [risk_class(x).name for x in v] for k, v in kinds.items()}
+    return out
+
+
 def _check_keys(d: dict, valid, where: str) -> None:
     for key in d:
         if key not in valid:
@@ -113,7 +154,7 @@ def load_config_file(path) -> dict:
         raise ComposeError(f"malformed config file {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(d, dict):
         raise ComposeError(f"malformed config file {path}: expected a mapping of settings")
-    return d
+    return check_settings(d, f"config file {path}")
 
 
 def resolve(file: dict | None = None, **flags) -> RunConfig:
@@ -161,8 +202,8 @@ def resolve(file: dict | None = None, **flags) -> RunConfig:
             raise ComposeError(f"--tokens names risk '{name}', which is not in this run; risks: {', '.join(risks)}")
         tokens[canonical] = int(n)
     for r, n in tokens.items():
-        if n < 1:
-            raise ComposeError(f"token count of '{r}' must be a positive integer, got {n}")
+        if not 1 <= n <= MAX_TOKENS:
+            raise ComposeError(f"token count of '{r}' must be a positive integer up to {MAX_TOKENS}, got {n}")
 
     replay = float(merged.get("replay", 0.25))
     if not 0.0 <= replay < 1.0:
@@ -174,7 +215,7 @@ def resolve(file: dict | None = None, **flags) -> RunConfig:
         raise ComposeError(f"unknown order '{merged['order']}'; valid: given, auto")
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
-    constraints = {get_risk(r).name: c for r, c in (merged.get("constraints") or {}).items()}
+    constraints = canonical_constraints(merged.get("constraints") or {})
     fields = {k: merged[k] for k in valid if k in merged and k not in ("train", "risks", "tokens", "data",
                                                                          "constraints")}
     try:

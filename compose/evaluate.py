@@ -10,11 +10,14 @@ model) and writes ``results.json`` (every metric, the resolved settings) atomica
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from compose.errors import ComposeError
+from compose.generation import MAX_SAMPLES
+from compose.schema import Field, check_fields, kind_of
 
 DEFAULT_RISKS = "toxicity,bias,harmfulness"
 
@@ -48,6 +51,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="set a risk option, e.g. tox:samples=2, harm:judge=refusal:0.35 (repeatable)")
     p.add_argument("--out", default=None, metavar="DIR", help="where results.json goes (default runs/eval-TIMESTAMP)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that compose did not create")
 
 
 DATA_HELP = ("a risk's prompts from a .jsonl/.csv/.parquet/.txt file with a 'prompt' column or a Hugging Face "
@@ -101,7 +105,22 @@ def build_risks(names: str, data: dict, options: dict) -> list:
         for key in given:
             if risk_class(key).name not in canonical:
                 raise ComposeError(f"{kind} names risk '{key}', which is not evaluated; risks: {', '.join(canonical)}")
+    for key, values in options.items():
+        check_risk_options(risk_class(key), values)
     return [get_risk(name, data=_for_risk(data, name) or None, **_for_risk(options, name)) for name in canonical]
+
+
+# bounds of the options every risk has (the others are typed by their defaults)
+OPTION_BOUNDS = {"max_new_tokens": Field("int", minimum=1), "samples": Field("int", minimum=1, maximum=MAX_SAMPLES),
+                 "temperature": Field("number", minimum=0.01), "top_p": Field("number", minimum=0.01, maximum=1),
+                 "batch_size": Field("int", minimum=1), "seed": Field("int"), "template": Field("str")}
+
+
+def check_risk_options(cls, options: dict) -> None:
+    """Refuse ``--opt`` values of the wrong type or out of range (names are checked by the risk itself)."""
+    defaults = cls().options
+    fields = {k: OPTION_BOUNDS.get(k, Field(kind_of(v))) for k, v in defaults.items()}
+    check_fields(options, {k: dataclasses.replace(f, required=False) for k, f in fields.items()}, f"--opt {cls.name}")
 
 
 def _for_risk(given: dict[str, dict], name: str) -> dict:
@@ -113,11 +132,13 @@ def _for_risk(given: dict[str, dict], name: str) -> dict:
 
 def eval_main(args) -> int:
     from compose.cli import apply_patches
-    from compose.io import atomic_write_json
+    from compose.io import atomic_write_json, check_output_dir, claim_output_dir, marked_by
     from compose.models import load_model
 
     if args.limit is not None and args.limit < 1:
         raise ComposeError(f"--limit must be >= 1, got {args.limit}")
+    out_dir = check_output_dir(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}", "--out", force=args.force,
+                               inputs=args.patch, owned=lambda p: marked_by(p, "eval"))
     risks = build_risks(args.risks, parse_data_args(args.data), parse_option_args(args.opt))
     for risk in risks:
         risk.prompts(args.split, args.limit)  # check every data file before loading the model
@@ -125,7 +146,7 @@ def eval_main(args) -> int:
     model = apply_patches(loaded, args.patch)
     start = time.perf_counter()
     results = evaluate_risks(model, loaded.tokenizer, risks, limit=args.limit, split=args.split)
-    out_dir = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    claim_output_dir(out_dir, "eval", "--out", force=args.force, inputs=args.patch)
     record = {"model": args.model, "fingerprint": loaded.fingerprint, "patches": list(args.patch),
               "split": args.split, "limit": args.limit, "seconds": time.perf_counter() - start,
               "settings": {r.name: {"options": r.options, "data": {k: str(v) for k, v in r.data_sources.items()},

@@ -20,13 +20,13 @@ figure is recomputed from the resampled matrix; the interval is the 2.5-97.5 per
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from compose.io import atomic_write_json
+from compose.errors import ComposeError
+from compose.io import atomic_write_json, read_json
 
 KINDS = ("base", "stage", "specialist", "composed")
 DIRECTIONS = ("lower", "higher")
@@ -266,4 +266,10 @@ class ForgettingMatrix:
 
     @classmethod
     def load(cls, path) -> ForgettingMatrix:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a matrix written by ``save``; a corrupt or malformed file is a one-line ``ComposeError``."""
+        data = read_json(path, "forgetting matrix")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ComposeError(f"malformed forgetting matrix {path}: {type(exc).__name__} {exc}; rebuild it by "
+                               f"resuming the run (after deleting it and results.json)") from None

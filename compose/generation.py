@@ -37,6 +37,7 @@ log = logging.getLogger("compose.generation")
 # deprecated there), ``past_key_values`` before
 CACHE_KWARG = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 MAX_SEQUENCES = 32  # sequences per generate call: memory grows ~50 MB per sequence on the embedded model
+MAX_SAMPLES = 64  # responses per prompt a user may ask for (compose generate --samples, a risk's samples option)
 LONG_PROMPT_TOKENS = 1024  # a prompt this long (or half the context) is announced: it takes a while on a CPU
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import networkx as nx
 
 from compose.errors import ComposeError
+from compose.io import save_figure
 
 FIELDS = ("after", "requires", "conflicts")
 MAX_BRUTE_FORCE = 7  # 7! = 5040 orders; beyond that the order is built greedily
@@ -246,14 +246,7 @@ def draw_graph(graph: nx.DiGraph, path, title: str | None = None) -> Path:
     ax.margins(0.18)  # room for the node circles at the edges
     if title:
         ax.set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- patch sets

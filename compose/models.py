@@ -108,7 +108,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
         if name in EMBEDDED:
             path = _embedded_checkpoint(name)
         elif Path(name).exists():
-            path = name
+            path = _local_model_dir(name)
         elif "/" in name:
             path = name  # a hub id: needs network or a populated HF cache
         else:
@@ -118,7 +118,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # no such hub id or no network; unknown architecture or files
             raise ComposeError(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -129,6 +129,16 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
         p.requires_grad_(False)
     model.config.use_cache = True
     return LoadedModel(model, tokenizer, name, model_fingerprint(model), time.perf_counter() - start)
+
+
+def _local_model_dir(name: str) -> str:
+    """``name`` when it is a folder holding a saved model (``config.json``); anything else is refused."""
+    path = Path(name)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        what = "a file" if not path.is_dir() else "a folder without config.json"
+        raise ComposeError(f"model '{name}' is {what}, not a saved model; valid: {', '.join([*EMBEDDED, TINY])}, a "
+                           f"folder written by save_pretrained (with config.json) or a Hugging Face id")
+    return name
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -37,6 +37,27 @@ def segments_for(blocks: list[tuple[str, int]]) -> list[Segment]:
     return out
 
 
+def check_segments(segments: list[dict], tokens: int) -> str | None:
+    """Why ``segments`` (dicts with risk, start, tokens) do not describe a patch of ``tokens`` rows, or None.
+
+    Segments may share rows: a patch trained on several risks at once (sequential, joint, merged) gives each
+    of them the same block. The distinct blocks must tile the rows ``[0, tokens)`` without gaps or partial
+    overlaps; this also holds for patches composed of several such patches (blocks one after another).
+    """
+    if not segments:
+        return "a patch needs at least one risk segment"
+    blocks = sorted({(s["start"], s["tokens"]) for s in segments})
+    position = 0
+    for start, length in blocks:
+        if start != position:
+            return (f"segment rows [{start}, {start + length}) do not follow on from row {position}: segments "
+                    f"must tile the {tokens} rows of the patch (risks trained together share one block)")
+        position = start + length
+    if position != tokens:
+        return f"segments cover {position} rows, the patch has {tokens}"
+    return None
+
+
 def init_from_text(base_model, tokenizer, num_tokens: int, text: str) -> torch.Tensor:
     """Embeddings of ``text``'s tokens, repeated to fill ``num_tokens`` rows (float32).
 

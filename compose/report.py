@@ -8,7 +8,6 @@ file is written atomically: to a temporary sibling first, then renamed into plac
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from compose.forgetting import ForgettingMatrix
-from compose.io import atomic_write_json
+from compose.io import atomic_write_json, atomic_write_with, save_figure
 from compose.stats import holm, paired_bootstrap_groups, paired_test
 
 ARROWS = {"lower": "↓", "higher": "↑"}
@@ -24,25 +23,13 @@ SUMMARY_ORDER = ("final_average_safety", "forgetting", "forgetting_avalanche", "
                  "bwt_avalanche", "fwt", "wall_seconds", "final_fluency")
 
 
-def _atomic(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return save_figure(fig, path)
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -10,9 +10,12 @@ A run folder holds everything needed to reproduce and read the run::
       replay.json            the replay buffer (replay strategies)
       patch/                 the final composed patch
       forgetting.json        the forgetting matrix with its summary figures
-      report.md, forgetting.png, results.json
+      report.md, forgetting.png, results.json (written last: the run is finished)
 
-Resuming: a stage whose ``stage.json`` exists is loaded, not redone; anything else is redone from scratch.
+Resuming: a stage whose ``stage.json`` exists is loaded, not redone; anything else is redone from scratch. A
+finished run whose report files are missing gets them rebuilt. One process at a time works in a run folder
+(``.lock`` names it; a lock whose process is gone is taken over), and ``--output-dir`` must be new, empty or a
+run folder (``--force`` otherwise).
 Training data, specialists and base-model evaluations are also cached under ``$COMPOSE_CACHE`` (keyed by
 every setting they depend on), so runs of several strategies on the same risks share them.
 """
@@ -33,9 +36,10 @@ from compose.artifact import patch_matrix, save_patch
 from compose.errors import ComposeError
 from compose.evaluate import DATA_HELP, parse_data_args
 from compose.forgetting import ForgettingMatrix
-from compose.io import atomic_write_json, read_json
+from compose.io import FolderLock, atomic_write_json, check_output_dir, claim_output_dir, marked_by
 from compose.models import cache_dir, load_model
 from compose.patch import Segment, attach_patch, count_parameters, get_prompt, set_prompt
+from compose.schema import RESULTS, STAGE, read_checked, read_evals
 from compose.train import DecisionProbe, Reference, train_dpo, train_sft
 
 log = logging.getLogger("compose.run")
@@ -43,6 +47,7 @@ log = logging.getLogger("compose.run")
 # Part of every cache key (teacher data, base evaluations, specialists): bump it when a change to the code that
 # builds training data or computes metrics makes earlier cached results stale.
 CACHE_VERSION = "3"
+REPORT_FILES = ("report.md", "forgetting.png")
 
 
 class Stage:
@@ -63,11 +68,12 @@ class Stage:
             shutil.rmtree(self.dir, ignore_errors=True)  # a stage killed half-way is redone from scratch
             self.start = time.perf_counter()
             return False
+        remedy = f"delete {self.dir} to redo the stage"
+        info = read_checked(self.dir / "stage.json", STAGE, "stage marker", remedy)
+        evals = read_evals(self.dir / "eval.json", "stage evaluation", remedy)
         weights, _ = patch_matrix(self.dir / "patch")
         set_prompt(model, weights)
-        info = read_json(self.dir / "stage.json")
-        self.ctx.add_row(self.name, read_json(self.dir / "eval.json"), kind, self._trained(trained),
-                         info.get("seconds"))
+        self.ctx.add_row(self.name, evals, kind, self._trained(trained), info.get("seconds"))
         log.info(f"stage {self.index} ({self.name}): finished earlier, loaded from {self.dir}")
         return True
 
@@ -197,16 +203,14 @@ class RunContext:
 
     def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):
         metrics = {r: {"safety": m["safety"], "raw": m["raw"]} for r, m in (evals or {}).items()}
-        cons = {k: sorted({x for r in {s.risk for s in segments} for x in self._constraint(r, k)})
-                for k in ("after", "requires", "conflicts")}
+        constraints = risk_constraints(self.cfg)
+        cons = {k: sorted({x for r in {s.risk for s in segments} for x in constraints[r][k]})
+                for k in config_mod.CONSTRAINT_KINDS}
         save_patch(model, path, name=name, segments=segments, base_model=self.cfg.model,
                    fingerprint=self.loaded.fingerprint, training={"strategy": self.cfg.strategy,
                                                                   "preset": self.cfg.preset, **self.cfg.train.to_dict(),
                                                                   "stages": training or {}},
                    metrics=metrics, **cons)
-
-    def _constraint(self, risk: str, kind: str) -> list[str]:
-        return list(getattr(self.risk(risk), kind, ()) or ()) + list(self.cfg.constraints.get(risk, {}).get(kind, []))
 
     # -- evaluation and the matrix -----------------------------------------------------------------------
     def evaluate(self, model, desc: str = "evaluating", risks: list[str] | None = None) -> dict:
@@ -222,7 +226,7 @@ class RunContext:
         """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
         key = self._cache_key("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
         path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
-        cached = read_json(path) if path.is_file() else {}
+        cached = read_evals(path, "cached evaluation", "delete it to rebuild the cache") if path.is_file() else {}
         missing = [r for r in self.order if r not in cached]
         start = time.perf_counter()
         if missing:
@@ -260,15 +264,16 @@ class RunContext:
                                                f"{self.cfg.tokens[risk]}-{key}"
         for path in (local, cached):
             if (path / "eval.json").is_file():
+                remedy = f"delete {path} to train the specialist again"
+                evals = read_evals(path / "eval.json", "specialist evaluation", remedy)
+                info = read_checked(path / "stage.json", STAGE, "specialist marker", remedy)
                 weights, _ = patch_matrix(path / "patch")
-                evals = read_json(path / "eval.json")
                 missing = [r for r in self.order if r not in evals]
                 if missing:  # trained by a run of fewer risks: evaluate it on this run's other risks too
                     evals.update(self.evaluate(self.new_patch(weights.shape[0], init=weights), risks=missing,
                                                desc=f"evaluating the {risk} specialist on {', '.join(missing)}"))
                     atomic_write_json(path / "eval.json", evals)
-                self.add_row(f"{risk} specialist", evals, "specialist", risk,
-                             read_json(path / "stage.json").get("seconds"))
+                self.add_row(f"{risk} specialist", evals, "specialist", risk, info.get("seconds"))
                 if path != local:
                     shutil.copytree(path, local, dirs_exist_ok=True)
                 log.info(f"{risk} specialist: reused from {path}")
@@ -310,16 +315,27 @@ def _stats(stats: dict) -> str:
 
 
 def risk_constraints(cfg: config_mod.RunConfig) -> dict[str, dict]:
-    """Ordering constraints of the run's risks: the plugins' metadata plus the run config's additions."""
+    """Ordering constraints of the run's risks: the plugins' metadata plus the run config's additions, every risk
+    named canonically (a plugin may name others by alias)."""
     from risks import get_risk
 
     constraints = {}
     for r in cfg.risks:
         risk = get_risk(r)
         extra = cfg.constraints.get(r, {})
-        constraints[r] = {k: list(getattr(risk, k, ()) or ()) + list(extra.get(k, []))
-                          for k in ("after", "requires", "conflicts")}
+        constraints[r] = {k: [canonical_name(x) for x in getattr(risk, k, ()) or ()] + list(extra.get(k, []))
+                          for k in config_mod.CONSTRAINT_KINDS}
     return constraints
+
+
+def canonical_name(name: str) -> str:
+    """The canonical name of a registered risk or alias; other names (risks not installed here) unchanged."""
+    from risks import risk_class
+
+    try:
+        return risk_class(name).name
+    except ComposeError:
+        return name
 
 
 def resolve_order(cfg: config_mod.RunConfig) -> list[str]:
@@ -354,23 +370,33 @@ def auto_order(cfg: config_mod.RunConfig, out_dir: Path, loaded, given: list[str
     return order
 
 
-def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dict:
-    """Run ``cfg`` into ``out_dir`` (resuming what is finished there); returns the results summary."""
-    from compose.report import write_report
+def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force: bool = False) -> dict:
+    """Run ``cfg`` into ``out_dir`` (resuming what is finished there); returns the results summary.
+
+    ``out_dir`` must be new, empty or a run folder, unless ``force``; it is locked while the run works in it.
+    """
+    out_dir = claim_output_dir(out_dir, "run", "--output-dir", force=force,
+                               owned=lambda p: (p / "config.yaml").is_file())  # run folders from before markers
+    with FolderLock(out_dir, "run folder"):
+        _check_resume(cfg, out_dir)
+        finished = _finished_results(out_dir)
+        if finished is not None:
+            return finished
+        return _run(cfg, out_dir, loaded, on_row)
+
+
+def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
+    """The run itself; outputs are written patch first and results.json last, so a killed run is resumed."""
     from strategies import get_strategy
 
-    out_dir = Path(out_dir)
-    _check_resume(cfg, out_dir)
-    if (out_dir / "results.json").is_file() and (out_dir / "patch").is_dir():  # written last: the run is finished
-        log.info(f"run {out_dir}: finished earlier; its results are kept (delete results.json to redo the report)")
-        return read_json(out_dir / "results.json")
-    cfg.save(out_dir / "config.yaml")
     start = time.perf_counter()
     loaded = loaded or load_model(cfg.model, cfg.dtype)
+    _check_context(cfg, loaded)
     order = resolve_order(cfg)
+    strategy = get_strategy(cfg.strategy)
+    cfg.save(out_dir / "config.yaml")  # only once the settings are known to work with this model
     if cfg.order == "auto":
         order = auto_order(cfg, out_dir, loaded, order)
-    strategy = get_strategy(cfg.strategy)
     ctx = RunContext(cfg, out_dir, loaded, order, on_row)
     log.info(f"run {out_dir}: strategy {cfg.strategy}, order {' -> '.join(order)}, tokens "
              f"{', '.join(f'{r}={cfg.tokens[r]}' for r in order)}, preset {cfg.preset}")
@@ -390,11 +416,44 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None) -> dic
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
                "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(),
                "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+    _write_run_report(ctx.matrix, out_dir, results)
     atomic_write_json(out_dir / "results.json", results)
-    write_report(ctx.matrix, out_dir, title=f"{cfg.strategy}: {', '.join(order)} on {cfg.model}",
-                 extra={"parameters": params, "tokens": cfg.tokens, "wall_seconds": results["wall_seconds"],
-                        "peak_memory_mb": round(results["peak_rss_mb"]), "preset": cfg.preset})
     return results
+
+
+def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) -> None:
+    from compose.report import write_report
+
+    write_report(matrix, out_dir, title=f"{results['strategy']}: {', '.join(results['order'])} on {results['model']}",
+                 extra={"parameters": results["parameters"], "tokens": results["tokens"],
+                        "wall_seconds": results["wall_seconds"], "peak_memory_mb": round(results["peak_rss_mb"]),
+                        "preset": results["config"].get("preset")})
+
+
+def _finished_results(out_dir: Path) -> dict | None:
+    """The results of a run that finished in ``out_dir`` (its report rebuilt where missing), or None."""
+    path = out_dir / "results.json"
+    if not (path.is_file() and (out_dir / "patch").is_dir() and (out_dir / "forgetting.json").is_file()):
+        return None
+    results = read_checked(path, RESULTS, "run results", "delete it to rebuild the run's outputs")
+    missing = [name for name in REPORT_FILES if not (out_dir / name).is_file()]
+    if missing:
+        log.info(f"run {out_dir}: finished earlier; rebuilding {', '.join(missing)}")
+        _write_run_report(ForgettingMatrix.load(out_dir / "forgetting.json"), out_dir, results)
+    else:
+        log.info(f"run {out_dir}: finished earlier; its results are kept (delete results.json to redo the report)")
+    return results
+
+
+def _check_context(cfg: config_mod.RunConfig, loaded) -> None:
+    """Refuse a patch that leaves no room for the training examples in the model's context."""
+    from compose.generation import context_length
+
+    context = context_length(loaded.model)
+    if context is not None and cfg.total_tokens + cfg.train.max_length > context:
+        raise ComposeError(f"the patch's {cfg.total_tokens} virtual tokens plus train.max_length "
+                           f"{cfg.train.max_length} exceed the {context}-token context of model {cfg.model}; "
+                           f"lower --tokens (at most {context - cfg.train.max_length} in all) or train.max_length")
 
 
 def _release_memory() -> None:
@@ -419,12 +478,17 @@ def _peak_rss_mb() -> float:
 
 def _last_evals(out_dir: Path) -> dict | None:
     stages = sorted((out_dir / "stages").glob("*/eval.json"))
-    return read_json(stages[-1]) if stages else None
+    return read_evals(stages[-1], "stage evaluation", f"delete {stages[-1].parent} to redo it") if stages else None
+
+
+def _started(out_dir: Path) -> bool:
+    """True once a run in ``out_dir`` has produced anything (a start that failed early has not)."""
+    return any((out_dir / name).exists() for name in ("data", "stages", "specialists", "order.json"))
 
 
 def _check_resume(cfg: config_mod.RunConfig, out_dir: Path) -> None:
     saved = out_dir / "config.yaml"
-    if not saved.is_file():
+    if not saved.is_file() or not _started(out_dir):  # nothing done with those settings: the new ones replace them
         return
     old = config_mod.load_config_file(saved)
     new = cfg.to_dict()
@@ -460,6 +524,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with the same settings (flags override it)")
     p.add_argument("--output-dir", help="run folder (default runs/STRATEGY-RISKS-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir with its saved config")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --output-dir that is not empty and is not a run folder")
 
 
 def main(args) -> int:
@@ -481,22 +547,37 @@ def main(args) -> int:
     if seeds and args.seed is not None:
         raise ComposeError("give either --seed or --seeds, not both")
     cfg = config_mod.resolve(file, **flags)
+    _check_strategy_settings(cfg, args, file)
     out = Path(args.output_dir or f"runs/{cfg.strategy}-{'-'.join(cfg.risks)}-{cfg.preset}")
     if not seeds:
-        results = execute(cfg, out)
+        results = execute(cfg, out, force=args.force)
         print(summary_table(results, out))
         return 0
     from compose.report import write_seed_summary
 
+    claim_output_dir(out, "run", "--output-dir", force=args.force)
     for seed in seeds:
         log.info(f"seed {seed} of {', '.join(map(str, seeds))}")
-        results = execute(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}")
+        results = execute(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}", force=args.force)
         print(summary_table(results, out / f"seed{seed}"))
     matrices = {seed: ForgettingMatrix.load(out / f"seed{seed}" / "forgetting.json") for seed in seeds}
     written, table = write_seed_summary(matrices, out, title=f"{cfg.strategy}: {', '.join(cfg.risks)}")
     print("\n" + table)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _check_strategy_settings(cfg: config_mod.RunConfig, args, file: dict) -> None:
+    """Refuse flags the run's strategy would ignore; warn about such settings in a config file."""
+    from strategies import check_settings_used, get_strategy
+
+    flags = {"replay": "--replay" if args.replay is not None else None, "merge": "--merge" if args.merge else None}
+    check_settings_used(cfg.strategy, {k: v for k, v in flags.items() if v})
+    defaults = config_mod.RunConfig(risks=[])
+    for setting in ("replay", "merge"):
+        if file.get(setting, getattr(defaults, setting)) != getattr(defaults, setting) \
+                and setting not in get_strategy(cfg.strategy).settings:
+            log.warning(f"warning: strategy '{cfg.strategy}' does not use the setting '{setting}' of the config file")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -545,6 +626,7 @@ def summary_table(results: dict, out: Path) -> str:
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for the comparison of several runs (default: the first run's parent)")
+    p.add_argument("--force", action="store_true", help="write the comparison into a folder compose did not create")
     p.add_argument("--baseline", metavar="NAME",
                    help="run (strategy name or folder name, as listed) the others are tested against (default: the "
                         "first run)")
@@ -554,11 +636,15 @@ def report_main(args) -> int:
     from compose.report import write_comparison, write_report
 
     matrices, loaded = {}, []
+    out = Path(args.out or Path(args.runs[0]).resolve().parent / "comparison")
+    if len(args.runs) > 1:
+        check_output_dir(out, "--out", force=args.force, inputs=args.runs, owned=lambda p: marked_by(p, "report"))
     for run in args.runs:
         path = Path(run) / "forgetting.json"
         if not path.is_file():
             raise ComposeError(f"'{run}' is not a finished run folder: forgetting.json is missing")
-        results = read_json(Path(run) / "results.json") if (Path(run) / "results.json").is_file() else {}
+        results_path = Path(run) / "results.json"
+        results = read_checked(results_path, RESULTS, "run results") if results_path.is_file() else {}
         loaded.append((Path(run), ForgettingMatrix.load(path), results))
     strategies = [results.get("strategy") for _, _, results in loaded]
     by_strategy = None not in strategies and len(set(strategies)) == len(strategies)  # else name runs by folder
@@ -575,7 +661,7 @@ def report_main(args) -> int:
     if len(matrices) > 1:
         from compose.report import comparisons_table, paired_comparisons
 
-        out = Path(args.out or Path(args.runs[0]).resolve().parent / "comparison")
+        claim_output_dir(out, "report", "--out", force=args.force, inputs=args.runs)
         written = write_comparison(matrices, out, title="strategy comparison", baseline=args.baseline)
         print(comparisons_table(paired_comparisons(matrices, args.baseline)))
         print("wrote " + ", ".join(str(p) for p in written))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from compose import config as config_mod
 from compose.errors import ComposeError
-from compose.io import atomic_write_json, atomic_write_text
+from compose.io import atomic_write_json, atomic_write_text, claim_output_dir, save_figure
 
 log = logging.getLogger("compose.search")
 SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -94,12 +94,14 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
                 study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                             sampler=sampler, pruner=pruner, load_if_exists=True)
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            if attempt == 4:
-                raise
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            if attempt == 4 or not _transient(exc):
+                raise ComposeError(f"cannot open study storage '{url}': {_first_line(exc)}") from exc
             time.sleep(1 + attempt)
-        except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
-            raise ComposeError(f"cannot open study storage '{url}': {str(exc).splitlines()[0]}") from exc
+        except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError) as exc:
+            # not a study database (a garbage file), an unreachable server, a driver that is not installed
+            raise ComposeError(f"cannot open study storage '{url}': {_first_line(exc)}; give a study database "
+                               f"(sqlite:///PATH or a server URL) that compose created, or another --storage") from exc
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
@@ -108,6 +110,19 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
         raise ComposeError(f"study '{name}' was created for other settings ({', '.join(diff)}: "
                            f"{', '.join(str(saved.get(k)) for k in diff)}); use another --study name")
     return study
+
+
+def _transient(exc) -> bool:
+    """True for errors of two processes creating one study at once (the loser retries), not for a bad storage."""
+    import sqlalchemy.exc
+
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "locked" in str(exc)
+
+
+def _first_line(exc) -> str:
+    """The first line of a database error, without SQLAlchemy's '(module.Error)' prefix."""
+    line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return line.split(") ", 1)[1] if line.startswith("(") and ") " in line else line
 
 
 def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storage: str | None = None,
@@ -293,8 +308,7 @@ def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
                 log.info(f"skipped {name}: {exc}")
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-        path = out_dir / name
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        path = save_figure(fig, out_dir / name)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -338,6 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", help="default runs/search-STRATEGY-RISKS-BUDGET")
+    p.add_argument("--force", action="store_true", help="write into an --output-dir that is not a search folder")
 
 
 def main(args) -> int:
@@ -354,6 +369,8 @@ def main(args) -> int:
                               preset=args.preset, seed=args.seed, train_limit=args.train_limit,
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
+    claim_output_dir(out, "search", "--output-dir", force=args.force, inputs=[args.config] if args.config else [],
+                     owned=lambda p: (p / "search.json").is_file() or (p / "study.db").is_file())
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
                      args.fluency_bound, args.multi_objective, space, prune=not args.no_prune,
                      total_trials=args.total_trials)

@@ -28,4 +28,14 @@ def get_strategy(name: str) -> Strategy:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy"]
+def check_settings_used(name: str, given: dict[str, str]) -> None:
+    """Refuse settings the strategy ``name`` would ignore; ``given`` maps each setting the user set to how they
+    set it (e.g. ``{"replay": "--replay"}``)."""
+    strategy = get_strategy(name)
+    for setting, how in given.items():
+        if setting not in strategy.settings:
+            users = [s for s in STRATEGIES if setting in get_strategy(s).settings]
+            raise ComposeError(f"{how} is not used by strategy '{name}'; strategies that use it: {', '.join(users)}")
+
+
+__all__ = ["STRATEGIES", "Strategy", "check_settings_used", "get_strategy"]

@@ -52,6 +52,7 @@ class Merged(Strategy):
     name = "merged"
     layout = "composed"
     description = "specialists of equal length averaged (or TIES/DARE-merged) into one patch"
+    settings = ("merge",)
 
     def run(self, ctx):
         lengths = {ctx.cfg.tokens[r] for r in ctx.order}

@@ -35,4 +35,5 @@ class SequentialReplay(Sequential):
     name = "sequential-replay"
     description = "as sequential, mixing a replay buffer of earlier risks' data into each later stage"
     replay = True
+    settings = ("replay",)
 

@@ -20,6 +20,7 @@ from strategies.base import Strategy
 class Stacked(Strategy):
     name = "stacked"
     description = "a new frozen-after-training block per risk, earlier blocks kept in the prompt (replay on)"
+    settings = ("replay",)
 
     def run(self, ctx):
         base, tok = ctx.loaded.model, ctx.loaded.tokenizer
