@@ -1,0 +1,50 @@
+"""Thread sizing: the CPUs a process may use come from its affinity mask and its cgroup quota."""
+
+import os
+
+import pytest
+import torch
+
+from compose.hardware import cgroup_cpu_limit, configure_threads, usable_cpus
+
+
+def _cgroup(tmp_path, v2: str | None = None, v1: tuple[str, str] | None = None):
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(v1[0])
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(v1[1])
+    return tmp_path
+
+
+@pytest.mark.parametrize("v2, v1, expected", [
+    ("max 100000", None, None),
+    ("150000 100000", None, 1.5),
+    (None, ("-1", "100000"), None),
+    (None, ("50000", "100000"), 0.5),
+    (None, None, None),
+])
+def test_cgroup_quota(tmp_path, v2, v1, expected):
+    assert cgroup_cpu_limit(_cgroup(tmp_path, v2, v1)) == expected
+
+
+def test_usable_cpus_is_capped_by_the_quota_and_the_affinity(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == affinity  # no quota files: the affinity mask
+    assert usable_cpus(_cgroup(tmp_path, v2="50000 100000")) == 1  # half a core: one thread, never zero
+    (tmp_path / "cpu.max").write_text(f"{100000 * (affinity + 8)} 100000")
+    assert usable_cpus(tmp_path) == affinity  # a quota above the affinity mask does not add cores
+
+
+def test_configure_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert configure_threads() == 2  # OMP_NUM_THREADS was applied by torch at start-up: left alone
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert configure_threads() == usable_cpus() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
