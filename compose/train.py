@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from peft import PeftModel
-from trl import DPOTrainer
+from trl import DPOTrainer, SFTTrainer
 
+from compose.generation import is_patched
 from compose.patch import freeze_rows, prompt_parameter
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps with a linear warm-up"})
     seed: int = field(default=0, metadata={"help": "seed of data order and sampling"})
     max_steps: int = field(default=-1, metadata={"help": "cap on steps per stage (-1: no cap; for smoke tests)"})
+    retain_objective: str = field(default="ce", metadata={
+        "help": "how SFT learns the retain (benign) examples: ce (cross-entropy on the base model's own answer) or kl "
+                "(KL from the unpatched model's next-token distribution along that answer: every token's whole "
+                "distribution is kept, not only the sampled token)"})
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain examples' SFT loss per token"})
     probe_examples: int = field(default=8, metadata={"help": "risk and retain examples (each) held back from training "
                                                              "to watch the decision (DecisionProbe) after every SFT "
                                                              "epoch; 0: none"})
@@ -56,6 +62,10 @@ class TrainConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.sft_epochs < 0 or self.dpo_epochs < 0:
             raise ValueError("epochs must be >= 0")
+        if self.retain_objective not in ("ce", "kl"):
+            raise ValueError(f"retain_objective must be 'ce' or 'kl', got {self.retain_objective!r}")
+        if self.retain_weight < 0:
+            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
         if self.dpo_reference not in ("sft", "base"):
             raise ValueError(f"dpo_reference must be 'sft' or 'base', got {self.dpo_reference!r}")
 
@@ -246,7 +256,8 @@ def sft_dataset(examples: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_list([{"prompt": chat(e["prompt"]),
-                               "completion": [{"role": "assistant", "content": e["completion"]}]} for e in examples])
+                               "completion": [{"role": "assistant", "content": e["completion"]}],
+                               "retain": int(e.get("source") == "retain")} for e in examples])
 
 
 def dpo_dataset(pairs: list[dict]):
@@ -260,12 +271,13 @@ def dpo_dataset(pairs: list[dict]):
 def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str,
                      callbacks=()):
     """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
                           packing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
-                         callbacks=list(callbacks))
+    trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
+                              callbacks=list(callbacks), retain_objective=cfg.retain_objective,
+                              retain_weight=cfg.retain_weight)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -391,6 +403,84 @@ def _run(trainer, result: StageResult) -> None:
     result.seconds = time.perf_counter() - start
     result.steps = out.global_step
     result.tokens = int(trainer.state.num_input_tokens_seen or 0)
+
+
+class PatchSFTTrainer(SFTTrainer):
+    """SFTTrainer that knows which examples are retain examples (benign prompts answered by the base model itself).
+
+    With ``retain_objective="ce"`` and weight 1 it is TRL's SFT unchanged. Otherwise the loss is computed here, per
+    scored token: cross-entropy on the risk examples; on the retain examples ``retain_weight`` times either the
+    cross-entropy of the base model's answer (``ce``) or the KL divergence KL(p_base || p_patched) of the whole
+    next-token distribution along that answer (``kl``; the base model is the same model with the patch switched
+    off, so it costs one extra forward pass without gradients). The KL keeps what the unpatched model would have
+    said at every position, not only its sampled token: on benign look-alikes of harmful requests, the patch is
+    pulled back towards the base model's distribution, refusals included at their base-model probability.
+    """
+
+    def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retain_objective, self.retain_weight = retain_objective, retain_weight
+        self.data_collator = _RetainFlagCollator(self.data_collator)
+
+    @property
+    def custom_loss(self) -> bool:
+        return self.retain_objective != "ce" or self.retain_weight != 1.0
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "retain" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "retain"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        retain = inputs.pop("retain")
+        if not self.custom_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        per_token, scored = self.per_token_loss(model, inputs, retain)
+        count = scored.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def per_token_loss(self, model, inputs, retain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens."""
+        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        targets = labels[:, 1:]
+        scored = targets != -100
+        keep = torch.nn.functional.pad(scored, (0, 1), value=False)  # position t predicts token t + 1
+        logp = torch.log_softmax(_logits_at(model, ids, mask, keep).float(), dim=-1)
+        per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
+        rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
+        is_retain = retain.to(ids.device).bool()[rows]
+        if self.retain_objective == "kl" and bool(is_retain.any()):
+            with torch.no_grad(), model.disable_adapter():
+                base = torch.log_softmax(_logits_at(model, ids, mask, keep).float(), dim=-1)
+            kl = (base.exp() * (base - logp)).sum(-1)
+            per_token = torch.where(is_retain, kl, per_token)
+        return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
+
+
+class _RetainFlagCollator:
+    """Wraps TRL's collator: takes each example's ``retain`` flag out and adds it to the batch as a bool tensor."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        flags = torch.tensor([bool(e.get("retain", 0)) for e in examples])
+        batch = self.collate([{k: v for k, v in e.items() if k != "retain"} for e in examples])
+        batch["retain"] = flags
+        return batch
+
+
+def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` at the ``keep`` positions of ``ids`` only, flattened row by row: (kept, vocabulary).
+
+    A prompt-learning patch puts its virtual tokens in front of every sequence; their positions are never kept.
+    """
+    if is_patched(model):
+        n = model.active_peft_config.num_virtual_tokens
+        keep = torch.cat([keep.new_zeros(keep.shape[0], n), keep], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    return out.reshape(-1, out.shape[-1])
 
 
 class PatchDPOTrainer(DPOTrainer):

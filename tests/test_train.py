@@ -186,3 +186,78 @@ def test_decision_probe_watches_the_first_tokens_on_held_back_prompts(tiny):
     with torch.no_grad():
         expected = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)[first]
     assert probe.measure()["first_token_prob"] == pytest.approx(float(expected), rel=1e-4)
+
+
+RETAIN = [{"prompt": f"How do I bake bread number {i}?", "completion": "Mix flour, water and yeast, then bake it.",
+           "source": "retain"} for i in range(8)]
+
+
+def _first_batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return {k: v.to(trainer.model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _kl_by_definition(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_base || p_patched) at each labelled position of one unpadded sequence: two full forward passes."""
+    ids, at = ids.unsqueeze(0), (labels[1:] != -100).nonzero().squeeze(-1)
+    patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+    with model.disable_adapter():
+        base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)[at]
+    return (base.exp() * (base - patched)).sum(-1)
+
+
+def _sequences(tokenizer, examples: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(ids, labels) of each example as TRL tokenizes it (the chat template; labels on the answer only)."""
+    from trl.data_utils import apply_chat_template
+
+    out = []
+    for e in examples:
+        p = apply_chat_template({"prompt": [{"role": "user", "content": e["prompt"]}]}, tokenizer)["prompt"]
+        full = tokenizer.apply_chat_template([{"role": "user", "content": e["prompt"]},
+                                              {"role": "assistant", "content": e["completion"]}], tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        n = len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        out.append((ids, torch.cat([torch.full((n,), -100), ids[n:]])))
+    return out
+
+
+def test_retain_objectives(tiny, tmp_path):
+    """ce at weight 1 is TRL's loss; a weight scales only the retain tokens; kl is KL(base || patched) per token."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = SFT[:4] + RETAIN[:4]
+    cfg = TrainConfig(batch_size=8)
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path))
+    batch = _first_batch(trainer)
+    retain = batch["retain"]
+    assert retain.sum() == 4 and not trainer.custom_loss
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(model, dict(batch)))
+    ce, scored = trainer.per_token_loss(model, batch, retain)
+    assert float(ce.detach().sum() / scored.sum()) == pytest.approx(trl_loss, rel=1e-4)
+
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    trainer.retain_weight = 0.5
+    weighted, _ = trainer.per_token_loss(model, batch, retain)
+    factor = torch.where(retain[rows], 0.5, 1.0)
+    assert torch.allclose(weighted, ce * factor)
+
+    trainer.retain_weight, trainer.retain_objective = 1.0, "kl"
+    kl, _ = trainer.per_token_loss(model, batch, retain)
+    assert torch.allclose(kl[~retain[rows]], ce[~retain[rows]])  # risk tokens: cross-entropy as before
+    assert (kl[retain[rows]] >= -1e-5).all()
+    for i in range(len(retain)):
+        if retain[i]:
+            real = batch["attention_mask"][i].bool()
+            expected = _kl_by_definition(model, batch["input_ids"][i][real], batch["labels"][i][real])
+            assert torch.allclose(kl[rows == i], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_kl_retain_training_pulls_the_patch_towards_the_base_model(tiny):
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    sequences = _sequences(tiny.tokenizer, RETAIN)
+    before = sum(float(_kl_by_definition(model, ids, labels).sum()) for ids, labels in sequences)
+    cfg = TrainConfig(sft_epochs=4, batch_size=8, sft_lr=3e-2, retain_objective="kl", probe_examples=0)
+    result = train_sft(model, tiny.tokenizer, RETAIN, cfg)
+    after = sum(float(_kl_by_definition(model, ids, labels).sum()) for ids, labels in sequences)
+    assert result.steps == 4 and after < 0.5 * before
