@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compose.errors import ComposeError
-from compose.io import atomic_write_json, read_json
+from compose.io import atomic_write_json
+from compose.schema import Field, read_checked
 from compose.train import filter_pairs
 
 
@@ -42,11 +42,10 @@ class TrainingData:
 
     @classmethod
     def load(cls, path) -> TrainingData:
-        try:
-            d = read_json(path)
-            return cls(d["risk"], list(d["sft"]), list(d["pairs"]), dict(d.get("stats", {})))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ComposeError(f"cannot read training data '{path}': {type(exc).__name__}: {exc}") from exc
+        remedy = "delete it to build the data again"
+        d = read_checked(path, {"risk": Field("str"), "sft": Field("list"), "pairs": Field("list"),
+                                "stats": Field("dict", required=False)}, "training data", remedy)
+        return cls(d["risk"], d["sft"], d["pairs"], dict(d.get("stats", {})))
 
     def summary(self) -> str:
         s = self.stats

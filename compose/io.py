@@ -147,6 +147,12 @@ def claim_output_dir(path, command: str, flag: str, *, force: bool = False, inpu
     """``check_output_dir``, then create the folder and mark it as ``command``'s (a later run may write again)."""
     path = check_output_dir(path, flag, force=force, inputs=inputs,
                             owned=lambda p: marked_by(p, command) or owned(p))
+    return mark_output_dir(path, command)
+
+
+def mark_output_dir(path, command: str) -> Path:
+    """Create the folder ``path`` (if needed) and leave ``command``'s marker in it."""
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if not marked_by(path, command):
         atomic_write_json(path / MARKER, {"command": command, "created": _now()})

@@ -375,14 +375,20 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
 
     ``out_dir`` must be new, empty or a run folder, unless ``force``; it is locked while the run works in it.
     """
+    created = not Path(out_dir).exists()
     out_dir = claim_output_dir(out_dir, "run", "--output-dir", force=force,
                                owned=lambda p: (p / "config.yaml").is_file())  # run folders from before markers
-    with FolderLock(out_dir, "run folder"):
-        _check_resume(cfg, out_dir)
-        finished = _finished_results(out_dir)
-        if finished is not None:
-            return finished
-        return _run(cfg, out_dir, loaded, on_row)
+    try:
+        with FolderLock(out_dir, "run folder"):
+            _check_resume(cfg, out_dir)
+            finished = _finished_results(out_dir)
+            if finished is not None:
+                return finished
+            return _run(cfg, out_dir, loaded, on_row)
+    except BaseException:
+        if created and not _started(out_dir):  # refused before it began: leave nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:

@@ -124,10 +124,18 @@ def kind_of(default) -> str:
     return "any"
 
 
-def read_checked(path, fields: dict[str, Field], what: str, remedy: str = "") -> dict:
-    """``compose.io.read_json`` then ``check_fields``: the mapping in ``path`` with ``fields`` valid."""
+def read_checked(path, fields: dict[str, Field], what: str, remedy: str = "", each: bool = False) -> dict:
+    """``compose.io.read_json`` then ``check_fields``: the mapping in ``path`` with ``fields`` valid (with ``each``:
+    a mapping whose every value has those ``fields``). A problem is one line naming the file, then ``remedy``."""
     data = read_json(path, what, remedy)
-    return check_fields(data, fields, f"{what} {path}" + (f" ({remedy})" if remedy else ""))
+    where = f"{what} {path}"
+    try:
+        check_fields(data, {} if each else fields, where)
+        for key, value in data.items() if each else ():
+            check_fields(value, fields, f"{where}, '{key}'")
+    except ComposeError as exc:
+        raise ComposeError(f"{exc}; {remedy}" if remedy else str(exc)) from None
+    return data
 
 
 # --- the schemas of compose's own files --------------------------------------------------------------------
@@ -143,9 +151,4 @@ RESULTS = {"run": Field("str"), "strategy": Field("str"), "order": Field("str-li
 
 def read_evals(path, what: str, remedy: str = "") -> dict:
     """A ``{risk: metrics}`` evaluation file, every risk's metrics checked."""
-    data = read_json(path, what, remedy)
-    where = f"{what} {path}" + (f" ({remedy})" if remedy else "")
-    check_fields(data, {}, where)
-    for risk, metrics in data.items():
-        check_fields(metrics, METRICS, f"{where}, risk '{risk}'")
-    return data
+    return read_checked(path, METRICS, what, remedy, each=True)

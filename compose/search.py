@@ -26,7 +26,8 @@ from pathlib import Path
 
 from compose import config as config_mod
 from compose.errors import ComposeError
-from compose.io import atomic_write_json, atomic_write_text, claim_output_dir, save_figure
+from compose.io import (atomic_write_json, atomic_write_text, check_output_dir, mark_output_dir, marked_by,
+                        save_figure)
 
 log = logging.getLogger("compose.search")
 SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -369,11 +370,13 @@ def main(args) -> int:
                               preset=args.preset, seed=args.seed, train_limit=args.train_limit,
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
-    claim_output_dir(out, "search", "--output-dir", force=args.force, inputs=[args.config] if args.config else [],
-                     owned=lambda p: (p / "search.json").is_file() or (p / "study.db").is_file())
+    check_output_dir(out, "--output-dir", force=args.force, inputs=[args.config] if args.config else [],
+                     owned=lambda p: marked_by(p, "search") or (p / "search.json").is_file()
+                     or (p / "study.db").is_file())
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
                      args.fluency_bound, args.multi_objective, space, prune=not args.no_prune,
                      total_trials=args.total_trials)
+    mark_output_dir(out, "search")
     for b in summary["best"]:
         print(f"best (trial {b['trial']}): --tokens {b['tokens_flag']}  values {b['values']}")
     if summary["equal_split"]:

@@ -216,5 +216,5 @@ def test_pair_filter_applies(tiny):
 
 def test_unreadable_training_data(tmp_path):
     path = write(tmp_path / "x.json", "{not json")
-    with pytest.raises(ComposeError, match="cannot read training data"):
+    with pytest.raises(ComposeError, match="malformed training data"):
         TrainingData.load(path)
