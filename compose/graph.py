@@ -262,8 +262,19 @@ def _version(v: str) -> tuple[int, ...]:
         raise ComposeError(f"version '{v}' is not of the form N.N.N (digits and dots)") from None
 
 
-def _risk_names(manifest: dict) -> list[str]:
-    return [r["risk"] if isinstance(r, dict) else r for r in manifest.get("risks", [])]
+def canonical_name(name: str) -> str:
+    """The canonical name of a registered risk or alias; other names (risks not installed here, patch names)
+    unchanged. Constraints compare canonical names, so ``after: [tox]`` means toxicity."""
+    from risks import risk_class
+
+    try:
+        return risk_class(name).name
+    except ComposeError:
+        return name
+
+
+def _risk_names(manifest: dict) -> set[str]:
+    return {canonical_name(r["risk"] if isinstance(r, dict) else r) for r in manifest.get("risks", [])}
 
 
 def check_patch_set(manifests: list[dict]) -> list[dict]:
@@ -285,7 +296,8 @@ def check_patch_set(manifests: list[dict]) -> list[dict]:
         if not match:
             raise ComposeError(f"patch '{owner}': cannot parse reference '{ref}' (use NAME or NAME>=VERSION)")
         target, op, version = match.groups()
-        hits = [target] if target in by_name else [m["name"] for m in manifests if target in _risk_names(m)]
+        hits = [target] if target in by_name else [m["name"] for m in manifests
+                                                    if canonical_name(target) in _risk_names(m)]
         return [h for h in hits if h != owner], op, version
 
     constraints = {}

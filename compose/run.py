@@ -317,6 +317,7 @@ def _stats(stats: dict) -> str:
 def risk_constraints(cfg: config_mod.RunConfig) -> dict[str, dict]:
     """Ordering constraints of the run's risks: the plugins' metadata plus the run config's additions, every risk
     named canonically (a plugin may name others by alias)."""
+    from compose.graph import canonical_name
     from risks import get_risk
 
     constraints = {}
@@ -326,16 +327,6 @@ def risk_constraints(cfg: config_mod.RunConfig) -> dict[str, dict]:
         constraints[r] = {k: [canonical_name(x) for x in getattr(risk, k, ()) or ()] + list(extra.get(k, []))
                           for k in config_mod.CONSTRAINT_KINDS}
     return constraints
-
-
-def canonical_name(name: str) -> str:
-    """The canonical name of a registered risk or alias; other names (risks not installed here) unchanged."""
-    from risks import risk_class
-
-    try:
-        return risk_class(name).name
-    except ComposeError:
-        return name
 
 
 def resolve_order(cfg: config_mod.RunConfig) -> list[str]:

@@ -163,6 +163,25 @@ def test_inspect_refuses_a_malformed_manifest_in_one_line(patch_dir, tmp_path, c
     refused(capsys, ["patch", "inspect", str(patch_dir)], "field 'risks'", root=tmp_path)
 
 
+def _risk_patch(tmp_path, name: str, risk: str, after: list[str]):
+    own = load_model("tiny-random")
+    model = attach_patch(own.model, own.tokenizer, num_tokens=2)
+    return save_patch(model, tmp_path / name, name=name, segments=segments_for([(risk, 2)]), base_model=own.name,
+                      fingerprint=own.fingerprint, after=after)
+
+
+def test_patch_constraints_written_with_aliases_are_resolved(tmp_path, capsys):
+    tox = _risk_patch(tmp_path, "tox-patch", "toxicity", after=["bias"])
+    bias = _risk_patch(tmp_path, "bias-patch", "bias", after=[])
+    out = succeeds(capsys, ["patch", "apply", str(tox), str(bias), "--model", "tiny-random", "--output",
+                            str(tmp_path / "ok")])
+    assert "order: bias-patch 1.0.0 (2 tokens) -> tox-patch" in out
+    shutil.rmtree(bias)
+    bias = _risk_patch(tmp_path, "bias-patch", "bias", after=["tox"])  # 'tox' is toxicity's alias: a cycle
+    refused(capsys, ["patch", "apply", str(tox), str(bias), "--model", "tiny-random", "--output",
+                     str(tmp_path / "cycle")], "dependency cycle")
+
+
 # --- every patch of a sequential run can be applied ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
