@@ -369,17 +369,17 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
     created = not Path(out_dir).exists()
     out_dir = claim_output_dir(out_dir, "run", "--output-dir", force=force,
                                owned=lambda p: (p / "config.yaml").is_file())  # run folders from before markers
-    try:
-        with FolderLock(out_dir, "run folder"):
+    with FolderLock(out_dir, "run folder"):
+        try:
             _check_resume(cfg, out_dir)
             finished = _finished_results(out_dir)
             if finished is not None:
                 return finished
             return _run(cfg, out_dir, loaded, on_row)
-    except BaseException:
-        if created and not _started(out_dir):  # refused before it began: leave nothing behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+        except BaseException:
+            if created and not _started(out_dir):  # refused before it began: leave nothing behind
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
 
 
 def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
@@ -419,12 +419,14 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
 
 
 def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) -> None:
+    """report.md and forgetting.png of a run, from its matrix and results (also for a run finished earlier)."""
     from compose.report import write_report
 
+    peak = results.get("peak_rss_mb")
     write_report(matrix, out_dir, title=f"{results['strategy']}: {', '.join(results['order'])} on {results['model']}",
                  extra={"parameters": results["parameters"], "tokens": results["tokens"],
-                        "wall_seconds": results["wall_seconds"], "peak_memory_mb": round(results["peak_rss_mb"]),
-                        "preset": results["config"].get("preset")})
+                        "wall_seconds": results["wall_seconds"], "peak_memory_mb": None if peak is None else round(peak),
+                        "preset": results.get("config", {}).get("preset")})
 
 
 def _finished_results(out_dir: Path) -> dict | None:

@@ -109,18 +109,9 @@ def check_fields(data, fields: dict[str, Field], where: str) -> dict:
 
 def kind_of(default) -> str:
     """The schema kind of a setting with this default value (``any`` when the default says nothing)."""
-    if isinstance(default, bool):
-        return "bool"
-    if isinstance(default, int):
-        return "int"
-    if isinstance(default, float):
-        return "number"
-    if isinstance(default, str):
-        return "str"
-    if isinstance(default, list):
-        return "list"
-    if isinstance(default, dict):
-        return "dict"
+    for kind, cls in (("bool", bool), ("int", int), ("number", float), ("str", str), ("list", list), ("dict", dict)):
+        if isinstance(default, cls):  # bool first: a bool is an int too
+            return kind
     return "any"
 
 
@@ -146,7 +137,8 @@ METRICS = {"safety": Field("number", minimum=0.0, maximum=1.0), "raw": Field("di
 STAGE = {"seconds": Field("number", required=False, nullable=True), "training": Field("dict", required=False)}
 RESULTS = {"run": Field("str"), "strategy": Field("str"), "order": Field("str-list"), "tokens": Field("dict"),
            "model": Field("str"), "parameters": Field("dict"), "summary": Field("dict"),
-           "wall_seconds": Field("number"), "peak_rss_mb": Field("number"), "config": Field("dict")}
+           "wall_seconds": Field("number"), "peak_rss_mb": Field("number", required=False),
+           "config": Field("dict", required=False)}
 
 
 def read_evals(path, what: str, remedy: str = "") -> dict:
