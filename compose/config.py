@@ -120,6 +120,13 @@ def canonical_constraints(raw: dict, where: str = "constraints") -> dict[str, di
     return out
 
 
+def check_token_counts(tokens: dict[str, int]) -> None:
+    """Every risk's token count from 1 to ``MAX_TOKENS``."""
+    for r, n in tokens.items():
+        if not 1 <= n <= MAX_TOKENS:
+            raise ComposeError(f"token count of '{r}' must be a positive integer up to {MAX_TOKENS}, got {n}")
+
+
 def _check_keys(d: dict, valid, where: str) -> None:
     for key in d:
         if key not in valid:
@@ -201,9 +208,7 @@ def resolve(file: dict | None = None, **flags) -> RunConfig:
         if canonical not in risks:
             raise ComposeError(f"--tokens names risk '{name}', which is not in this run; risks: {', '.join(risks)}")
         tokens[canonical] = int(n)
-    for r, n in tokens.items():
-        if not 1 <= n <= MAX_TOKENS:
-            raise ComposeError(f"token count of '{r}' must be a positive integer up to {MAX_TOKENS}, got {n}")
+    check_token_counts(tokens)
 
     replay = float(merged.get("replay", 0.25))
     if not 0.0 <= replay < 1.0:

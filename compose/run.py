@@ -388,7 +388,8 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
 
     start = time.perf_counter()
     loaded = loaded or load_model(cfg.model, cfg.dtype)
-    _check_context(cfg, loaded)
+    check_context(cfg, loaded)
+    _check_data_files(cfg)
     order = resolve_order(cfg)
     strategy = get_strategy(cfg.strategy)
     cfg.save(out_dir / "config.yaml")  # only once the settings are known to work with this model
@@ -444,7 +445,15 @@ def _finished_results(out_dir: Path) -> dict | None:
     return results
 
 
-def _check_context(cfg: config_mod.RunConfig, loaded) -> None:
+def _check_data_files(cfg: config_mod.RunConfig) -> None:
+    """Read the user's data of every risk (``--data``) before the run starts, so a bad file is refused at once."""
+    from risks import get_risk
+
+    for risk, sources in cfg.data.items():
+        get_risk(risk, data=sources).prompts("train", 1)
+
+
+def check_context(cfg: config_mod.RunConfig, loaded) -> None:
     """Refuse a patch that leaves no room for the training examples in the model's context."""
     from compose.generation import context_length
 

@@ -138,10 +138,11 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     import optuna
 
     from compose.models import load_model
-    from compose.run import execute
+    from compose.run import check_context, execute
 
     out_dir = Path(out_dir)
-    allocate({r: 1.0 for r in base.risks}, budget, min_tokens)  # refuses an impossible budget early
+    equal = allocate({r: 1.0 for r in base.risks}, budget, min_tokens)  # refuses an impossible budget early
+    config_mod.check_token_counts(equal)
     url = storage_url(storage, out_dir)
     name = study_name or f"{base.strategy}-{'-'.join(base.risks)}-{budget}"
     settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
@@ -204,6 +205,7 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
         callbacks.append(optuna.study.MaxTrialsCallback(total_trials, states=None))  # other processes' trials too
     if trials:  # the model is loaded only when there are trials to run
         loaded = loaded or load_model(base.model, base.dtype)
+        check_context(_replace(base, tokens=equal), loaded)  # the whole budget must fit the model's context
         study.optimize(objective, n_trials=trials, catch=(RuntimeError,), gc_after_trial=True, callbacks=callbacks)
     return summarize(study, base, out_dir, multi_objective)
 
@@ -357,9 +359,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    for flag, value in (("--trials", args.trials), ("--total-trials", args.total_trials)):
+    for flag, value in (("--trials", args.trials), ("--total-trials", args.total_trials),
+                        ("--min-tokens", args.min_tokens)):
         if value is not None and value < 1:
             raise ComposeError(f"{flag} must be >= 1, got {value}")
+    if not 0 < args.fluency_bound < math.inf:
+        raise ComposeError(f"--fluency-bound must be a positive number (a perplexity ratio, e.g. 1.25), "
+                           f"got {args.fluency_bound}")
     space = tuple(s for s in args.space.split(",") if s)
     bad = [s for s in space if s not in ("beta", "lr", "replay")]
     if bad:

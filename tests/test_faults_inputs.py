@@ -34,6 +34,8 @@ RUN_FLAGS = {
     "resume of nothing": (["--resume"], "--resume needs --output-dir"),
     "seed and seeds": (["--seed", "1", "--seeds", "0,1"], "either --seed or --seeds"),
     "seeds not numbers": (["--seeds", "a,b"], "bad --seeds"),
+    "a folder as data": (["--data", "tox=/etc"], "/etc"),
+    "a data file of no known format": (["--data", "tox:train=/etc/hostname"], "unsupported format"),
 }
 
 
@@ -215,6 +217,16 @@ def test_search_refuses_a_garbage_study_database(tmp_path, capsys):
                                               ("sqlite", "unknown storage URL")])
 def test_search_refuses_unusable_storage(tmp_path, capsys, storage, message):
     refused(capsys, SEARCH + ["--output-dir", "s", "--storage", storage], message)
+
+
+@pytest.mark.parametrize("args, message", [(["--budget", "99999999999999"], "up to 4096"),
+                                           (["--budget", "300"], "context"),
+                                           (["--min-tokens", "0"], "--min-tokens must be >= 1"),
+                                           (["--fluency-bound", "nan"], "--fluency-bound must be a positive number"),
+                                           (["--trials", "0"], "--trials must be >= 1")])
+def test_search_refuses_bad_numbers(tmp_path, capsys, args, message):
+    refused(capsys, SEARCH + args + ["--output-dir", "s"], message)
+    assert not (tmp_path / "s" / "trials.md").exists()
 
 
 def test_search_refuses_a_folder_it_did_not_create(tmp_path, capsys):
