@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,6 +151,19 @@ def test_generate_and_apply_refuse_a_tampered_patch(patch_dir, tmp_path, capsys,
     refused(capsys, ["generate", "--model", "tiny-random", "--patch", str(patch_dir), "hi"], check, root=tmp_path)
     refused(capsys, ["patch", "apply", str(patch_dir), "--model", "tiny-random", "--output", str(tmp_path / "o")],
             check, root=tmp_path)
+
+
+def test_the_installed_command_prints_one_line(patch_dir, tmp_path):
+    """The real entry point in a fresh process: exit status 2, one line on stderr, no traceback."""
+    TAMPERS["pickle renamed .safetensors"][0](patch_dir, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "compose.cli", "patch", "verify", str(patch_dir)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"compose: error: patch '{patch_dir}' failed the safetensors header check: "
+                                        f"{WEIGHTS} is not a safetensors file: the header length field reads "
+                                        f"{int.from_bytes(PICKLE[:8], 'little')}, which does not fit the file's "
+                                        f"{len(PICKLE)} bytes"]
 
 
 def test_patch_of_format_1_still_loads_with_a_warning(patch_dir, tiny, capsys, caplog):
