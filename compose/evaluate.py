@@ -132,13 +132,13 @@ def _for_risk(given: dict[str, dict], name: str) -> dict:
 
 def eval_main(args) -> int:
     from compose.cli import apply_patches
-    from compose.io import atomic_write_json, check_output_dir, claim_output_dir, marked_by
+    from compose.io import atomic_write_json, check_output_dir, mark_output_dir
     from compose.models import load_model
 
     if args.limit is not None and args.limit < 1:
         raise ComposeError(f"--limit must be >= 1, got {args.limit}")
-    out_dir = check_output_dir(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}", "--out", force=args.force,
-                               inputs=args.patch, owned=lambda p: marked_by(p, "eval"))
+    out_dir = check_output_dir(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}", "--out", command="eval",
+                               force=args.force, inputs=args.patch)
     risks = build_risks(args.risks, parse_data_args(args.data), parse_option_args(args.opt))
     for risk in risks:
         risk.prompts(args.split, args.limit)  # check every data file before loading the model
@@ -146,7 +146,7 @@ def eval_main(args) -> int:
     model = apply_patches(loaded, args.patch)
     start = time.perf_counter()
     results = evaluate_risks(model, loaded.tokenizer, risks, limit=args.limit, split=args.split)
-    claim_output_dir(out_dir, "eval", "--out", force=args.force, inputs=args.patch)
+    mark_output_dir(out_dir, "eval")
     record = {"model": args.model, "fingerprint": loaded.fingerprint, "patches": list(args.patch),
               "split": args.split, "limit": args.limit, "seconds": time.perf_counter() - start,
               "settings": {r.name: {"options": r.options, "data": {k: str(v) for k, v in r.data_sources.items()},

@@ -126,17 +126,19 @@ def marked_by(folder, command: str) -> bool:
         return False
 
 
-def check_output_dir(path, flag: str, *, force: bool = False, inputs: Iterable = (),
+def check_output_dir(path, flag: str, *, command: str | None = None, force: bool = False, inputs: Iterable = (),
                      owned: Callable[[Path], bool] = lambda p: False) -> Path:
     """Check that a command may write the folder ``path`` (see the module docstring); returns it as a Path.
 
-    ``owned(path)`` says whether an existing non-empty folder is one this command wrote before.
+    An existing non-empty folder is the command's own when it holds ``command``'s marker or ``owned(path)``
+    says so (e.g. a run folder written before markers existed).
     """
     path = Path(path)
     refuse_own_inputs(path, inputs, flag)
     if path.exists() and not path.is_dir():
         raise ComposeError(f"{flag} '{path}' is a file, not a folder; choose a folder")
-    if path.is_dir() and any(path.iterdir()) and not force and not owned(path):
+    mine = (command is not None and marked_by(path, command)) or owned(path)
+    if path.is_dir() and any(path.iterdir()) and not force and not mine:
         raise ComposeError(f"{flag} '{path}' is not empty and was not written by this command; choose a new or "
                            f"empty folder, or add --force to write into it")
     return path
@@ -145,9 +147,8 @@ def check_output_dir(path, flag: str, *, force: bool = False, inputs: Iterable =
 def claim_output_dir(path, command: str, flag: str, *, force: bool = False, inputs: Iterable = (),
                      owned: Callable[[Path], bool] = lambda p: False) -> Path:
     """``check_output_dir``, then create the folder and mark it as ``command``'s (a later run may write again)."""
-    path = check_output_dir(path, flag, force=force, inputs=inputs,
-                            owned=lambda p: marked_by(p, command) or owned(p))
-    return mark_output_dir(path, command)
+    return mark_output_dir(check_output_dir(path, flag, command=command, force=force, inputs=inputs, owned=owned),
+                           command)
 
 
 def mark_output_dir(path, command: str) -> Path:

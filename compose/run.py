@@ -36,7 +36,7 @@ from compose.artifact import patch_matrix, save_patch
 from compose.errors import ComposeError
 from compose.evaluate import DATA_HELP, parse_data_args
 from compose.forgetting import ForgettingMatrix
-from compose.io import FolderLock, atomic_write_json, check_output_dir, claim_output_dir, marked_by
+from compose.io import FolderLock, atomic_write_json, check_output_dir, claim_output_dir, mark_output_dir
 from compose.models import cache_dir, load_model
 from compose.patch import Segment, attach_patch, count_parameters, get_prompt, set_prompt
 from compose.schema import RESULTS, STAGE, read_checked, read_evals
@@ -646,7 +646,7 @@ def report_main(args) -> int:
     matrices, loaded = {}, []
     out = Path(args.out or Path(args.runs[0]).resolve().parent / "comparison")
     if len(args.runs) > 1:
-        check_output_dir(out, "--out", force=args.force, inputs=args.runs, owned=lambda p: marked_by(p, "report"))
+        check_output_dir(out, "--out", command="report", force=args.force, inputs=args.runs)
     for run in args.runs:
         path = Path(run) / "forgetting.json"
         if not path.is_file():
@@ -669,7 +669,7 @@ def report_main(args) -> int:
     if len(matrices) > 1:
         from compose.report import comparisons_table, paired_comparisons
 
-        claim_output_dir(out, "report", "--out", force=args.force, inputs=args.runs)
+        mark_output_dir(out, "report")
         written = write_comparison(matrices, out, title="strategy comparison", baseline=args.baseline)
         print(comparisons_table(paired_comparisons(matrices, args.baseline)))
         print("wrote " + ", ".join(str(p) for p in written))

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from compose import config as config_mod
 from compose.errors import ComposeError
-from compose.io import (atomic_write_json, atomic_write_text, check_output_dir, mark_output_dir, marked_by,
-                        save_figure)
+from compose.io import atomic_write_json, atomic_write_text, check_output_dir, mark_output_dir, save_figure
 
 log = logging.getLogger("compose.search")
 SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -376,9 +375,9 @@ def main(args) -> int:
                               preset=args.preset, seed=args.seed, train_limit=args.train_limit,
                               eval_limit=args.eval_limit)
     out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
-    check_output_dir(out, "--output-dir", force=args.force, inputs=[args.config] if args.config else [],
-                     owned=lambda p: marked_by(p, "search") or (p / "search.json").is_file()
-                     or (p / "study.db").is_file())
+    check_output_dir(out, "--output-dir", command="search", force=args.force,
+                     inputs=[args.config] if args.config else [],
+                     owned=lambda p: (p / "search.json").is_file() or (p / "study.db").is_file())  # older searches
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,
                      args.fluency_bound, args.multi_objective, space, prune=not args.no_prune,
                      total_trials=args.total_trials)
