@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from compose.errors import ComposeError, one_line, os_error_message
+from compose.hardware import configure_threads
 
 # name -> (one-line help, "module:add_arguments", "module:main")
 COMMANDS = {
@@ -41,6 +42,20 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
+THREADS_HELP = ("CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this process may use: "
+                "affinity mask and cgroup quota); give each job its own share when running several side by side")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compose", description="Patch the safety policy of a language model with small soft-prompt patches, "
@@ -48,6 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                         help="load risk plugins from a .py file or an importable module (repeatable)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_ref, main_ref) in COMMANDS.items():
         add = _load(add_ref)
@@ -55,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
         add(p)
         p.add_argument("--plugin", action="append", default=[], dest="sub_plugins", metavar="PATH_OR_MODULE",
                        help="load risk plugins from a .py file or an importable module (repeatable)")
+        p.add_argument("--threads", type=_positive_int, default=None, dest="sub_threads", metavar="N",
+                       help=THREADS_HELP)
         p.set_defaults(handler=main_ref)
     return parser
 
@@ -246,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries(args.debug)
+    configure_threads(getattr(args, "sub_threads", None) or args.threads)
     try:
         plugins = args.plugin + getattr(args, "sub_plugins", [])
         if plugins:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -51,15 +52,18 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Size torch's intra-op thread pool; returns the number of threads it now uses.
+    """Size torch's intra-op thread pool; returns the number of threads it uses.
 
-    ``threads`` (``--threads``) wins; otherwise ``OMP_NUM_THREADS`` when set, otherwise ``usable_cpus()``.
+    ``threads`` (``--threads``) wins; otherwise ``OMP_NUM_THREADS`` when set, otherwise ``usable_cpus()``. Before
+    torch is imported this only sets ``OMP_NUM_THREADS`` (torch sizes its pool from it when it loads, and
+    ``compose --help`` stays free of the torch import); afterwards it resizes the pool.
     """
-    import torch
-
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    n = threads if threads is not None else usable_cpus()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else usable_cpus()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    elif torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

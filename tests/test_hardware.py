@@ -43,8 +43,20 @@ def test_configure_threads(monkeypatch):
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(2)
-        assert configure_threads() == 2  # OMP_NUM_THREADS was applied by torch at start-up: left alone
+        assert configure_threads() == 1 == torch.get_num_threads()  # OMP_NUM_THREADS, when set
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert configure_threads() == usable_cpus() == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_before_torch_loads_go_through_the_environment():
+    """In a fresh process: --threads sets OMP_NUM_THREADS without importing torch; torch then starts with it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from compose.hardware import configure_threads; configure_threads(1); "
+            "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"
