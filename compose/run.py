@@ -494,14 +494,23 @@ def _started(out_dir: Path) -> bool:
     return any((out_dir / name).exists() for name in ("data", "stages", "specialists", "order.json"))
 
 
+def _with_new_defaults(saved: dict) -> dict:
+    """A saved config as today's code reads it: a setting added since it was written takes its default, the value
+    that keeps the behaviour the run had (a new setting's default must), so adding one does not block resuming."""
+    defaults = config_mod.RunConfig(risks=[]).to_dict()
+    out = {**defaults, **saved}
+    if isinstance(saved.get("train"), dict):
+        out["train"] = {**defaults["train"], **saved["train"]}
+    return out
+
+
 def _check_resume(cfg: config_mod.RunConfig, out_dir: Path) -> None:
     saved = out_dir / "config.yaml"
     if not saved.is_file() or not _started(out_dir):  # nothing done with those settings: the new ones replace them
         return
-    old = config_mod.load_config_file(saved)
+    old = _with_new_defaults(config_mod.load_config_file(saved))
     new = cfg.to_dict()
-    changed = [k for k in new if k in old and old[k] != new[k]]
-    changed += [k for k in new if k not in old]
+    changed = [k for k in new if old.get(k) != new[k]]
     if changed:
         raise ComposeError(f"output folder '{out_dir}' holds a run with other settings ({', '.join(changed)} "
                            f"differ); resume it with the same settings or choose another --output-dir")

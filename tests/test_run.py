@@ -150,6 +150,22 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
         run(tiny, tmp_path, strategy="sequential")
 
 
+def test_resume_accepts_a_run_from_before_a_setting_was_added(tiny, tmp_path, monkeypatch):
+    """A setting added later (absent from an older run's config.yaml) takes its default: the run still resumes."""
+    import yaml
+
+    run(tiny, tmp_path, strategy="joint")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["train"]["retain_objective"], saved["margin"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    calls = []
+    monkeypatch.setattr(run_mod.RunContext, "train", lambda *a, **k: calls.append(a))
+    run(tiny, tmp_path, strategy="joint")
+    assert not calls  # resumed: nothing trained again
+    with pytest.raises(Exception, match=r"other settings \(train differ"):
+        run(tiny, tmp_path, strategy="joint", train={"retain_objective": "kl"})
+
+
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "sequentail"], "unknown strategy 'sequentail' (did you mean 'sequential'?)"),
     (["--risks", "tox,biass"], "unknown risk"),
