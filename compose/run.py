@@ -106,10 +106,16 @@ class RunContext:
         self._data: dict = {}
         self.timings: dict[str, float] = {}
         self.memory: dict[str, float] = {}  # peak resident memory (MiB) so far, after each phase
+        self.phases: dict[str, float] = {}  # seconds of each phase, keyed by the mark that ends it
+        self._last_mark = time.perf_counter()
 
     def mark(self, phase: str) -> None:
         """Record the peak memory so far, after handing freed memory back to the system (phases allocate
-        tensors of many shapes; without this, glibc keeps the freed pages and each phase starts higher)."""
+        tensors of many shapes; without this, glibc keeps the freed pages and each phase starts higher), and the
+        seconds since the previous mark: where a run's wall time goes."""
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self._last_mark, 2)
+        self._last_mark = now
         _release_memory()
         self.memory[phase] = round(_peak_rss_mb(), 1)
 
@@ -415,6 +421,9 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
                "data_seconds": ctx.timings, "peak_rss_mb": _peak_rss_mb(),
                "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
     _write_run_report(ctx.matrix, out_dir, results)
+    ctx.mark("report")
+    ctx.phases["model loaded"] = round(loaded.load_seconds, 2)  # before the context existed: the load itself
+    results["phases"] = ctx.phases
     atomic_write_json(out_dir / "results.json", results)
     return results
 

@@ -238,3 +238,8 @@ def test_every_figure_has_an_interval_and_n(tiny, tmp_path):
             ci = m["intervals"][figure]
             assert ci["ci_low"] <= ci["ci_high"] and ci["n"] > 0, (risk, figure)
     assert "±" in (tmp_path / "ci" / "report.md").read_text()
+    phases = results["phases"]  # where the wall time went, phase by phase
+    assert list(phases)[:3] == ["model loaded", "training data", "base evaluation"]
+    for stage in ("toxicity", "bias"):
+        assert phases[f"{stage}: trained"] > 0 and phases[f"{stage}: evaluated"] > 0
+    assert sum(v for k, v in phases.items() if k != "model loaded") <= results["wall_seconds"] + 0.5
