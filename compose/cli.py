@@ -152,7 +152,9 @@ def add_patch_arguments(p: argparse.ArgumentParser) -> None:
     verify.add_argument("--dtype", default="auto")
     apply = sub.add_parser("apply", help="compose several patches into one, ordered by their dependencies")
     apply.add_argument("dirs", nargs="+", metavar="DIR")
-    add_model_arguments(apply)
+    apply.add_argument("--model", default=None,
+                       help="base model (default: the one the patches were built for, from their manifests)")
+    apply.add_argument("--dtype", default="auto", help="compute dtype: auto (bf16 where fast), bf16, fp32")
     apply.add_argument("--output", required=True, help="directory of the composed patch")
     apply.add_argument("--name", help="name of the composed patch (default: the output folder's name)")
     apply.add_argument("--version", default="1.0.0")
@@ -191,7 +193,7 @@ def _apply(args) -> int:
     from compose.patchset import compose_matrices, describe_patch_set, resolve_patch_set
 
     check_output_dir(args.output, "--output", force=args.force, inputs=args.dirs, owned=_written_by_apply)
-    loaded = load_model(args.model, args.dtype)
+    loaded = load_model(args.model or _patches_base_model(args.dirs), args.dtype)
     manifests = resolve_patch_set(args.dirs, loaded.fingerprint)
     print(f"order: {describe_patch_set(manifests)}")
     weights, segments = compose_matrices(manifests)
@@ -203,6 +205,17 @@ def _apply(args) -> int:
                      conflicts=conflicts)
     print(f"wrote {out} ({weights.shape[0]} tokens)")
     return 0
+
+
+def _patches_base_model(dirs: list[str]) -> str:
+    """The base model the patches name in their manifests (one for all of them, or a one-line error)."""
+    from compose.artifact import read_manifest
+
+    models = {(read_manifest(d).get("base_model") or {}).get("name") for d in dirs}
+    if len(models) != 1 or None in models:
+        raise ComposeError(f"the patches name different base models ({', '.join(sorted(map(str, models)))}); "
+                           f"give --model")
+    return models.pop()
 
 
 def _written_by_apply(folder: Path) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from compose import config as config_mod
 from compose import run as run_mod
-from compose.artifact import CHECKSUM_FIELD, CONFIG, MANIFEST, WEIGHTS, load_patch, save_patch, verify_patch
+from compose.artifact import CHECKSUM_FIELD, CONFIG, MANIFEST, WEIGHTS, load_patch, read_manifest, save_patch, verify_patch
 from compose.errors import ComposeError
 from compose.models import load_model
 from compose.patch import attach_patch, segments_for
@@ -230,6 +230,13 @@ def test_every_patch_of_a_sequential_run_applies(sequential_runs, tmp_path, caps
                                                  for d in SETS[which])
     assert snapshot(run) == before
     succeeds(capsys, ["generate", "--model", "tiny-random", "--patch", str(out), "--max-new-tokens", "2", "hi"])
+
+
+def test_apply_takes_the_base_model_from_the_manifests(sequential_runs, tmp_path, capsys):
+    run = sequential_runs / "sequential"
+    out = tmp_path / "combined"
+    assert "wrote" in succeeds(capsys, ["patch", "apply", str(run / "patch"), "--output", str(out)])
+    assert read_manifest(out)["base_model"]["name"] == "tiny-random"
 
 
 # --- patch apply never writes over what it was not asked to --------------------------------------------------
