@@ -27,7 +27,7 @@ from compose import run as run_mod  # noqa: E402
 from compose.artifact import patch_matrix  # noqa: E402
 from compose.evaluate import evaluate_risks  # noqa: E402
 from compose.generation import perplexity  # noqa: E402
-from compose.io import atomic_write_json, atomic_write_text  # noqa: E402
+from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from compose.models import load_model  # noqa: E402
 from compose.patch import attach_patch  # noqa: E402
 from compose.stats import holm, paired_test  # noqa: E402
@@ -96,13 +96,13 @@ def main(argv=None) -> int:
         patched_real = evaluate_risks(model, loaded.tokenizer, [real])[risk_name].to_dict()
         base_ppl, patched_ppl = fluency(model, loaded, get_risk(risk_name))
         matrix = results["summary"]
-        stage = run_mod.read_json(next((runs / risk_name / "stages").glob("01-*/eval.json")))[risk_name]
-        base_builtin = run_mod.read_json(runs / risk_name / "stages" / "00-base.json")[risk_name]
+        stage = read_json(next((runs / risk_name / "stages").glob("01-*/eval.json")))[risk_name]
+        base_builtin = read_json(runs / risk_name / "stages" / "00-base.json")[risk_name]
         record["risks"][risk_name] = {
             "builtin": {"base": base_builtin, "patched": stage, "paired": compare(base_builtin, stage)},
             "real": {"base": base_real, "patched": patched_real, "paired": compare(base_real, patched_real)},
             "benign_perplexity": {"base": base_ppl, "patched": patched_ppl, "ratio": patched_ppl / base_ppl},
-            "training": run_mod.read_json(next((runs / risk_name / "stages").glob("01-*/stage.json")))["training"],
+            "training": read_json(next((runs / risk_name / "stages").glob("01-*/stage.json")))["training"],
             "seconds": time.perf_counter() - start, "final_average_safety": matrix["final_average_safety"]}
         atomic_write_json(out / "results.json", record)
     atomic_write_text(out / "report.md", report(record, name))
