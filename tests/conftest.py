@@ -21,3 +21,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def shared_cache(tmp_path_factory, monkeypatch) -> Path:
+    """One ``COMPOSE_CACHE`` for the whole test session: the risks' training data is built once and shared by the
+    runs, as in real use."""
+    path = tmp_path_factory.getbasetemp() / "compose-cache"
+    monkeypatch.setenv("COMPOSE_CACHE", str(path))
+    return path

@@ -22,10 +22,7 @@ def tiny():
     return load_model("tiny-random")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    # one cache for the module: the risks' training data is built once and shared by the runs, as in real use
-    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def run(tiny, out, risks="tox,bias", strategy="sequential-replay", **flags):

@@ -13,9 +13,7 @@ from compose.models import load_model
 from compose.search import allocate, open_study, search, storage_url
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 @pytest.mark.parametrize("total", [3, 7, 20, 61])

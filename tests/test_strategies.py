@@ -9,18 +9,10 @@ import torch
 from compose import config as config_mod
 from compose import run as run_mod
 from compose.artifact import patch_matrix
-from compose.models import load_model
 from strategies import STRATEGIES
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-random")
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 @pytest.fixture()
