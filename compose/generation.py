@@ -20,6 +20,7 @@ PEFT's own ``generate`` for prompt tuning re-prepends the patch at every decodin
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -245,11 +246,10 @@ def _scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.T
     predicted (``logits_to_keep`` as a boolean mask). A patched model (virtual tokens shift every position) or a
     model without ``logits_to_keep`` computes all logits and is indexed afterwards: the same values.
     """
-    if not is_patched(model):
-        try:
-            return model(input_ids=ids, attention_mask=mask, logits_to_keep=scored).logits.reshape(-1, model.config.vocab_size)
-        except TypeError:  # an architecture whose forward does not take logits_to_keep
-            pass
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes the keyword on
+    if not is_patched(model) and "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=scored).logits
+        return logits.reshape(-1, logits.shape[-1])
     logits = model(input_ids=ids, attention_mask=mask).logits
     return logits[:, -ids.shape[1]:][scored]
 
