@@ -22,7 +22,6 @@ Options (``Risk(**options)``; unknown names are an error) are the class's ``defa
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import copy
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compose.errors import ComposeError, suggest
+from risks.teacher import Teacher, TeacherOutput  # TeacherOutput: re-exported with the risk interface
+from risks.teachers import teacher_from_spec
 
 SPLITS = ("train", "eval", "retain", "retain_eval")
 POOL = "all"  # data key of a user's file for the whole risk: split into train / eval by hash
@@ -75,32 +76,6 @@ class MetricResult:
         return self
 
 
-@dataclass
-class TeacherOutput:
-    """The reference response for a prompt; ``rejected`` when the teacher also knows a worse one (best-of-N).
-
-    ``chosen_safety`` / ``rejected_safety`` are the risk's scores when the teacher already computed them.
-    """
-
-    chosen: str
-    rejected: str | None = None
-    chosen_safety: float | None = None
-    rejected_safety: float | None = None
-
-
-class Teacher(abc.ABC):
-    """Produces reference responses. ``model``/``tokenizer`` are the frozen base model (patch disabled)."""
-
-    name = "teacher"
-
-    @abc.abstractmethod
-    def respond(self, risk: Risk, model, tokenizer, prompts: list[str]) -> list[TeacherOutput]:
-        """One ``TeacherOutput`` (reference response, optionally a worse one) per prompt."""
-
-    def describe(self) -> str:
-        return self.name
-
-
 @contextlib.contextmanager
 def unpatched(model):
     """``model`` with its PEFT adapter (the patch) disabled; a plain model is yielded as is."""
@@ -143,8 +118,6 @@ class Risk:
         for split, source in (data or {}).items():
             self.data_sources[split if split == POOL else self._check_split(split)] = source
         if isinstance(teacher, str):
-            from risks.teachers import teacher_from_spec
-
             teacher = teacher_from_spec(teacher)
         self._teacher = teacher
         self._cache: dict[str, list[str] | None] = {}

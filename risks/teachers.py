@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from compose.errors import ComposeError
-from risks.base import Teacher, TeacherOutput
+from risks.teacher import Teacher, TeacherOutput
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
