@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from compose.errors import ComposeError
 from compose.io import read_json
+from compose.models import model_fingerprint
 from compose.patch import Segment, attach_patch, check_segments
 from compose.schema import Field, check_fields, check_value
 
@@ -270,10 +272,6 @@ def load_patch(base, patch_dir, tokenizer=None, trainable: bool = False):
     The soft prompt is loaded into a fresh prompt-tuning adapter (float32), exactly what
     ``PeftModel.from_pretrained(base, patch_dir)`` does, after the manifest's checks.
     """
-    from safetensors.torch import load_file
-
-    from compose.models import model_fingerprint
-
     model = getattr(base, "model", base)
     tokenizer = tokenizer or getattr(base, "tokenizer", None)
     fingerprint = getattr(base, "fingerprint", None) or model_fingerprint(model)
@@ -293,7 +291,5 @@ def load_patch(base, patch_dir, tokenizer=None, trainable: bool = False):
 
 def patch_matrix(patch_dir) -> tuple[torch.Tensor, dict]:
     """The verified soft-prompt matrix (float32) and manifest of a patch, without a base model."""
-    from safetensors.torch import load_file
-
     manifest = verify_patch(patch_dir)
     return load_file(str(Path(patch_dir) / WEIGHTS))["prompt_embeddings"].float(), manifest

@@ -1,7 +1,8 @@
-"""The settings of a run: presets, a YAML file, and command-line flags, resolved into one ``RunConfig``.
+"""The settings of a run: presets, the ``RunConfig`` dataclass, and reading a YAML config file.
 
-Precedence: preset < config file < flags. The resolved config is written into the run folder so every
-number in it can be reproduced with ``compose run --config RUN_DIR/config.yaml``.
+Precedence: preset < config file < flags; the application resolves them into one ``RunConfig``
+(``compose.cli.config.resolve``, which knows the risk and strategy registries). The resolved config is written into
+the run folder so every number in it can be reproduced with ``compose run --config RUN_DIR/config.yaml``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from compose.errors import ComposeError, suggest
+from compose.io import atomic_write_text
 from compose.schema import Field, check_fields, kind_of
 from compose.train import TrainConfig
 
@@ -33,6 +35,10 @@ PRESETS: dict[str, dict] = {
                                       "batch_size": 8, "max_length": 256}},
 }
 DEFAULT_PRESET = "quick"
+DEFAULT_STRATEGY = "sequential-replay"  # compose run
+# compose search allocates tokens among risks, which only means something when each risk owns a block of the
+# patch (stacked, concatenated); in sequential-replay every risk uses every token and only the total would matter
+SEARCH_STRATEGY = "stacked"
 MAX_TOKENS = 4096  # virtual tokens of one risk's patch: far beyond any useful patch, well inside memory
 CONSTRAINT_KINDS = ("after", "requires", "conflicts")
 
@@ -42,7 +48,7 @@ class RunConfig:
     """Everything a run depends on. ``tokens`` maps each risk to its number of virtual tokens."""
 
     risks: list[str]
-    strategy: str = "sequential-replay"
+    strategy: str = DEFAULT_STRATEGY
     model: str = "smollm2-135m"
     dtype: str = "auto"
     preset: str = DEFAULT_PRESET
@@ -68,8 +74,6 @@ class RunConfig:
         return d
 
     def save(self, path) -> None:
-        from compose.io import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def digest(self, *keys: str) -> str:
@@ -83,7 +87,7 @@ class RunConfig:
         return sum(self.tokens[r] for r in self.risks)
 
 
-def _settings_schema(cls, overrides: dict[str, Field]) -> dict[str, Field]:
+def settings_schema(cls, overrides: dict[str, Field]) -> dict[str, Field]:
     """Optional fields of ``cls``'s settings, typed by their defaults (``overrides`` where that says too little)."""
     fields = {}
     for f in dataclasses.fields(cls):
@@ -96,29 +100,16 @@ def check_settings(d: dict, where: str) -> dict:
     """Types of a run config's settings (its ``train`` mapping too), checked as it is read."""
     limit = {k: Field("int", required=False, minimum=1) for k in ("train_limit", "eval_limit", "max_new_tokens",
                                                                   "samples")}
-    check_fields(d, _settings_schema(RunConfig, {
+    check_fields(d, settings_schema(RunConfig, {
         "risks": Field("str-or-list", required=False), "tokens": Field("tokens", required=False),
         "replay": Field("number", required=False, minimum=0, maximum=0.999),
         "retain_limit": Field("int", required=False, minimum=0), "train": Field("dict", required=False), **limit}),
         where)
-    check_fields(d.get("train") or {}, _settings_schema(TrainConfig, {}), f"{where}, train")
+    check_fields(d.get("train") or {}, settings_schema(TrainConfig, {}), f"{where}, train")
     check_fields(d.get("merge") or {}, {"method": Field("str", required=False), "weights": Field("any", required=False),
                                         "density": Field("number", required=False, minimum=0, maximum=1)},
                  f"{where}, merge")
     return d
-
-
-def canonical_constraints(raw: dict, where: str = "constraints") -> dict[str, dict[str, list[str]]]:
-    """``{risk: {after|requires|conflicts: [risks]}}`` with every risk named canonically (aliases resolved), so a
-    cycle written with aliases is found like one written with names."""
-    from risks import risk_class
-
-    out = {}
-    for risk, kinds in (raw or {}).items():
-        check_fields(kinds, {k: Field("str-list", required=False) for k in CONSTRAINT_KINDS}, f"{where}.{risk}")
-        _check_keys(kinds, CONSTRAINT_KINDS, f"{where}.{risk}")
-        out[risk_class(risk).name] = {k: [risk_class(x).name for x in v] for k, v in kinds.items()}
-    return out
 
 
 def check_token_counts(tokens: dict[str, int]) -> None:
@@ -126,12 +117,6 @@ def check_token_counts(tokens: dict[str, int]) -> None:
     for r, n in tokens.items():
         if not 1 <= n <= MAX_TOKENS:
             raise ComposeError(f"token count of '{r}' must be a positive integer up to {MAX_TOKENS}, got {n}")
-
-
-def _check_keys(d: dict, valid, where: str) -> None:
-    for key in d:
-        if key not in valid:
-            raise ComposeError(f"unknown setting '{key}' in {where}{suggest(key, valid)}; valid: {', '.join(valid)}")
 
 
 def parse_tokens(text: str | None) -> dict[str, int | str]:
@@ -165,67 +150,18 @@ def load_config_file(path) -> dict:
     return check_settings(d, f"config file {path}")
 
 
-def resolve(file: dict | None = None, **flags) -> RunConfig:
-    """Merge preset, config file and flags (``None`` flags are unset) into a validated ``RunConfig``.
+def check_keys(d: dict, valid, where: str) -> None:
+    """Refuse a key of ``d`` that is not in ``valid``, naming the close one and the valid ones."""
+    for key in d:
+        if key not in valid:
+            raise ComposeError(f"unknown setting '{key}' in {where}{suggest(key, valid)}; valid: {', '.join(valid)}")
 
-    Risk names and aliases are resolved to canonical names here; ``tokens`` may name risks by alias.
-    """
-    from risks import get_risk
-    from strategies import get_strategy
 
-    file = dict(file or {})
-    valid = [f.name for f in dataclasses.fields(RunConfig)]
-    _check_keys(file, valid, "the config file")
-    flags = {k: v for k, v in flags.items() if v is not None}
-    preset_name = flags.get("preset") or file.get("preset") or DEFAULT_PRESET
-    if preset_name not in PRESETS:
-        raise ComposeError(f"unknown preset '{preset_name}'{suggest(preset_name, PRESETS)}; "
-                           f"valid: {', '.join(PRESETS)}")
-    preset = json.loads(json.dumps(PRESETS[preset_name]))
-    merged: dict = {**preset, **file, **flags, "preset": preset_name}
-    train = {**preset.get("train", {}), **(file.get("train") or {}), **(flags.get("train") or {})}
-    _check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)], "train settings")
+def __getattr__(name: str):
+    """``compose.config.resolve`` is the old import path of ``compose.cli.config.resolve`` (experiments/recipe.py
+    uses it); resolving needs the registries, so it belongs to the application."""
+    if name == "resolve":
+        from compose.cli.config import resolve
 
-    raw_risks = merged.get("risks")
-    if isinstance(raw_risks, str):
-        raw_risks = [r.strip() for r in raw_risks.split(",") if r.strip()]
-    if not raw_risks:
-        raise ComposeError("no risks given; use --risks, e.g. --risks tox,bias,harm (see `compose risks`)")
-    risks = [get_risk(r).name for r in raw_risks]
-    dupes = sorted({r for r in risks if risks.count(r) > 1})
-    if dupes:
-        raise ComposeError(f"risk '{dupes[0]}' is named twice in --risks {','.join(raw_risks)}")
-    get_strategy(merged.get("strategy", "sequential-replay"))
-
-    tokens_in = merged.get("tokens")
-    if isinstance(tokens_in, str):
-        tokens_in = parse_tokens(tokens_in)
-    elif isinstance(tokens_in, int):
-        tokens_in = {"*": tokens_in}
-    default = tokens_in.pop("*", preset["tokens"]) if isinstance(tokens_in, dict) else preset["tokens"]
-    tokens = {r: int(default) for r in risks}
-    for name, n in (tokens_in or {}).items():
-        canonical = get_risk(name).name
-        if canonical not in risks:
-            raise ComposeError(f"--tokens names risk '{name}', which is not in this run; risks: {', '.join(risks)}")
-        tokens[canonical] = int(n)
-    check_token_counts(tokens)
-
-    replay = float(merged.get("replay", 0.25))
-    if not 0.0 <= replay < 1.0:
-        raise ComposeError(f"replay share must be in [0, 1), got {replay}")
-    for key in ("train_limit", "eval_limit", "max_new_tokens", "samples"):
-        if int(merged.get(key, 1)) < 1:
-            raise ComposeError(f"{key} must be >= 1, got {merged[key]}")
-    if merged.get("order", "given") not in ("given", "auto"):
-        raise ComposeError(f"unknown order '{merged['order']}'; valid: given, auto")
-    data = merged.get("data") or {}
-    data = {get_risk(r).name: splits for r, splits in data.items()}
-    constraints = canonical_constraints(merged.get("constraints") or {})
-    fields = {k: merged[k] for k in valid if k in merged and k not in ("train", "risks", "tokens", "data",
-                                                                         "constraints")}
-    try:
-        return RunConfig(risks=risks, tokens=tokens, data=data, constraints=constraints,
-                         train=TrainConfig(**train), **{**fields, "replay": replay})
-    except (TypeError, ValueError) as exc:
-        raise ComposeError(f"invalid run settings: {exc}") from exc
+        return resolve
+    raise AttributeError(f"module 'compose.config' has no attribute '{name}'")

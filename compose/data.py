@@ -56,15 +56,11 @@ class TrainingData:
 def build_training_data(risk, model, tokenizer, split: str = "train", limit: int | None = None,
                         retain_limit: int | None = None, margin: float = 0.2, min_chosen_safety: float = 0.5,
                         desc: str | None = None) -> TrainingData:
-    """Teacher responses, base responses and preference pairs for ``risk`` (a Risk or a registered name).
+    """Teacher responses, base responses and preference pairs for ``risk`` (a Risk).
 
     ``model`` is the frozen base model without a patch. ``limit`` / ``retain_limit`` cap the risk and retain
     prompts (the first ones of each split).
     """
-    if isinstance(risk, str):
-        from risks import get_risk
-
-        risk = get_risk(risk)
     start = time.perf_counter()
     label = desc or f"{risk.name} data"
     prompts = risk.prompts(split, limit)

@@ -9,7 +9,7 @@
 
 Each cell keeps the risk metric's raw figures and their directions; each row may keep fluency figures
 (e.g. perplexity) and wall seconds. ``summary()`` states the definition and divisor of every figure, because
-continual-learning libraries disagree on them (see DESIGN.md, section 3).
+continual-learning libraries disagree on them (README, "The forgetting matrix").
 
 Uncertainty: a row may keep, per risk, the per-prompt values of each figure (``items``; ``items[risk]["safety"]``
 averages to the cell's safety score) and their 95% intervals (``intervals``). Summary figures then carry a

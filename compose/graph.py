@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,34 +263,23 @@ def _version(v: str) -> tuple[int, ...]:
         raise ComposeError(f"version '{v}' is not of the form N.N.N (digits and dots)") from None
 
 
-def canonical_name(name: str) -> str:
-    """The canonical name of a registered risk or alias; other names (risks not installed here, patch names)
-    unchanged. Constraints compare canonical names, so ``after: [tox]`` means toxicity."""
-    from risks import risk_class
-
-    try:
-        return risk_class(name).name
-    except ComposeError:
-        return name
-
-
-def _risk_names(manifest: dict) -> set[str]:
-    return {canonical_name(r["risk"] if isinstance(r, dict) else r) for r in manifest.get("risks", [])}
-
-
-def check_patch_set(manifests: list[dict]) -> list[dict]:
+def check_patch_set(manifests: list[dict], canonical: Callable[[str], str] = str) -> list[dict]:
     """Order several patch manifests for composition, like a package manager resolving packages.
 
     Each manifest has ``name``, ``version``, ``risks`` (names, or segment dicts with a ``risk`` key) and optional
     ``requires`` / ``after`` / ``conflicts``. A reference is a patch name, or a risk name standing for the
     patches that cover it; a requirement may pin a version (``tox-patch>=1.2``). Returns the manifests in
-    order; a missing requirement, a version mismatch, a conflict or a cycle is a ``ComposeError``.
+    order; a missing requirement, a version mismatch, a conflict or a cycle is a ``ComposeError``. ``canonical``
+    maps a risk name or alias to the name risks are compared by (the application passes the risk registry's, so
+    ``after: [tox]`` means toxicity).
     """
     names = [m.get("name") for m in manifests]
     if not all(isinstance(n, str) and n for n in names):
         raise ComposeError(f"every patch manifest needs a name; got {names}")
     shown = [f"{m['name']} {m.get('version', '?')}" for m in manifests]
     by_name = {m["name"]: m for m in manifests}
+    risk_names = {m["name"]: {canonical(r["risk"] if isinstance(r, dict) else r) for r in m.get("risks", [])}
+                  for m in manifests}
 
     def resolve(ref: str, owner: str) -> tuple[list[str], str | None, str | None]:
         match = _SPEC.match(str(ref))
@@ -297,7 +287,7 @@ def check_patch_set(manifests: list[dict]) -> list[dict]:
             raise ComposeError(f"patch '{owner}': cannot parse reference '{ref}' (use NAME or NAME>=VERSION)")
         target, op, version = match.groups()
         hits = [target] if target in by_name else [m["name"] for m in manifests
-                                                    if canonical_name(target) in _risk_names(m)]
+                                                    if canonical(target) in risk_names[m["name"]]]
         return [h for h in hits if h != owner], op, version
 
     constraints = {}

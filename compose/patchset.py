@@ -6,6 +6,7 @@ Each patch is verified (checksums, base model), the set is ordered by the patche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,11 +14,13 @@ import torch
 from compose.artifact import patch_matrix, verify_patch
 from compose.errors import ComposeError
 from compose.graph import check_patch_set
-from compose.patch import Segment
+from compose.patch import Segment, attach_patch
 
 
-def resolve_patch_set(patch_dirs: list[str], fingerprint: str | None = None) -> list[dict]:
-    """Verified manifests of ``patch_dirs`` in composition order (each with its ``path``)."""
+def resolve_patch_set(patch_dirs: list[str], fingerprint: str | None = None,
+                      canonical: Callable[[str], str] = str) -> list[dict]:
+    """Verified manifests of ``patch_dirs`` in composition order (each with its ``path``); ``canonical`` names
+    risks as ``compose.graph.check_patch_set`` compares them."""
     manifests = []
     for d in patch_dirs:
         m = dict(verify_patch(d, fingerprint))
@@ -27,7 +30,7 @@ def resolve_patch_set(patch_dirs: list[str], fingerprint: str | None = None) -> 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ComposeError(f"patch '{dupes[0]}' is given twice; give each patch once")
-    return check_patch_set(manifests)
+    return check_patch_set(manifests, canonical)
 
 
 def compose_matrices(manifests: list[dict]) -> tuple[torch.Tensor, list[Segment]]:
@@ -41,11 +44,9 @@ def compose_matrices(manifests: list[dict]) -> tuple[torch.Tensor, list[Segment]
     return torch.cat(parts), segments
 
 
-def load_patch_set(loaded, patch_dirs: list[str]):
+def load_patch_set(loaded, patch_dirs: list[str], canonical: Callable[[str], str] = str):
     """``loaded`` (a LoadedModel) with all ``patch_dirs`` applied as one patch, in dependency order."""
-    from compose.patch import attach_patch
-
-    manifests = resolve_patch_set(patch_dirs, loaded.fingerprint)
+    manifests = resolve_patch_set(patch_dirs, loaded.fingerprint, canonical)
     weights, _ = compose_matrices(manifests)
     model = attach_patch(loaded.model, loaded.tokenizer, num_tokens=weights.shape[0], init=weights)
     model.requires_grad_(False)

@@ -1,5 +1,8 @@
 """Replay: a buffer of earlier risks' training examples mixed into each later stage (sequential-replay, stacked).
 
+``Replay`` is the piece the stage loop (``compose.strategy``) uses for any strategy whose options have a
+``replay`` share; ``ReplayBuffer`` is the buffer itself.
+
 The buffer keeps, per risk, the SFT examples and DPO preference pairs that risk was trained on. ``mix``
 adds a reproducible sample of them to a new stage's data so that the replayed items make up about
 ``share`` of the result, balanced across the earlier risks; every replayed item carries ``replay_of: <risk>``.
@@ -131,3 +134,28 @@ class ReplayBuffer:
             raise ComposeError(f"replay buffer '{path}' does not exist") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ComposeError(f"replay buffer '{path}' is malformed: {e}") from None
+
+
+class Replay:
+    """Replay in the stage loop: ``add`` each trained risk's data, ``mix`` a share of it into each later stage
+    (seeded by the run seed plus the stage index, so a resumed run replays the same items), ``save`` the buffer
+    into the run folder. A share of 0 turns all three into no-ops."""
+
+    def __init__(self, share: float, seed: int = 0):
+        self.share, self.seed = _check_share(share), seed
+        self.buffer = ReplayBuffer()
+
+    def mix(self, index: int, sft: list[dict], pairs: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Stage ``index``'s (0-based) data with the replayed items mixed in (unchanged while the buffer is empty)."""
+        if self.share > 0 and len(self.buffer):
+            return self.buffer.mix(sft, pairs, share=self.share, seed=self.seed + index)
+        return sft, pairs
+
+    def add(self, risk: str, data) -> None:
+        """Store ``data`` (``TrainingData``: ``sft`` and ``pairs``) of a trained risk."""
+        if self.share > 0:
+            self.buffer.add(risk, data.sft, data.pairs)
+
+    def save(self, path) -> None:
+        if self.share > 0:
+            self.buffer.save(path)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from compose.errors import ComposeError  # noqa: E402
 from compose.forgetting import ForgettingMatrix  # noqa: E402
 from compose.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from compose.search import tokens_flag  # noqa: E402
+from compose.cli.search import tokens_flag  # noqa: E402
 from goals import check, specialists  # noqa: E402
 
 RAW = {"toxicity": ("toxic_rate",), "bias": ("gas", "gld"), "harmfulness": ("asr", "over_refusal")}

@@ -14,11 +14,11 @@ RESULTS=${RESULTS:-experiments/results/capacity/seed$SEED}
 BUDGET=${BUDGET:-24}
 TRIALS=${TRIALS:-12}
 "$BIN/compose" search --config experiments/search.yaml --budget "$BUDGET" --total-trials "$TRIALS" --seed "$SEED" \
-  --output-dir "$OUT/search"
+  --out "$OUT/search"
 mkdir -p "$RESULTS/search"
 cp "$OUT"/search/{trials.md,search.json,best.yaml,*.png} "$RESULTS/search/"
-"$BIN/compose" run --config "$OUT/search/best.yaml" --eval-limit 32 --output-dir "$OUT/best"
+"$BIN/compose" run --config "$OUT/search/best.yaml" --eval-limit 32 --out "$OUT/best"
 keep "$OUT/best" "$RESULTS/best"
 "$BIN/compose" run --config experiments/search.yaml --tokens "tox=$((BUDGET / 2)),bias=$((BUDGET / 2))" \
-  --eval-limit 32 --seed "$SEED" --output-dir "$OUT/equal"
+  --eval-limit 32 --seed "$SEED" --out "$OUT/equal"
 keep "$OUT/equal" "$RESULTS/equal"

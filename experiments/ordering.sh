@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 if [[ ! -e "$OUT/given" && -f "$SAME/results.json" ]]; then cp -r "$SAME" "$OUT/given"; fi
 run() {  # NAME RISKS [FLAGS...]
   local name=$1 risks=$2; shift 2
-  "$BIN/compose" run --risks "$risks" --strategy sequential-replay --seed "$SEED" --output-dir "$OUT/$name" "$@"
+  "$BIN/compose" run --risks "$risks" --strategy sequential-replay --seed "$SEED" --out "$OUT/$name" "$@"
   keep "$OUT/$name" "$RESULTS/$name"
 }
 run given tox,bias,harm

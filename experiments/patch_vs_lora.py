@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 
-from compose import config as config_mod  # noqa: E402
+from compose.cli.config import resolve  # noqa: E402
+from compose.cli.run import make_context  # noqa: E402
+from compose.context import RunContext  # noqa: E402
 from compose.generation import GenerationConfig, generate  # noqa: E402
 from compose.io import atomic_write_json, atomic_write_text  # noqa: E402
 from compose.models import load_model  # noqa: E402
-from compose.run import RunContext  # noqa: E402
 from perf import PROMPTS, timed  # noqa: E402
 
 
@@ -183,7 +184,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "patch_vs_lora"))
     args = p.parse_args()
 
-    base_cfg = config_mod.resolve({}, risks=args.risk, preset=args.preset, model=args.model, strategy="concatenated")
+    base_cfg = resolve({}, risks=args.risk, preset=args.preset, model=args.model, strategy="concatenated")
     risk = base_cfg.risks[0]
     ranks = [int(r) for r in args.ranks.split(",") if r]
     loaded = load_model(base_cfg.model, base_cfg.dtype)
@@ -194,7 +195,7 @@ def main() -> int:
                "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__}, "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         cfg = dataclasses.replace(base_cfg, train=dataclasses.replace(base_cfg.train, seed=seed))
-        ctx = RunContext(cfg, Path(args.work_dir) / f"seed{seed}", loaded, [risk])
+        ctx = make_context(cfg, Path(args.work_dir) / f"seed{seed}", loaded, [risk])
         ctx.base_row()
         base = ctx.matrix.rows[0]
         results["base"] = {"safety": base.scores[risk], "raw": base.raw[risk], "fluency": base.fluency}

@@ -18,7 +18,7 @@ for v in "${VARIANTS[@]}"; do
     tokens-*) flags=(--tokens "${v#tokens-}") ;;
     *) echo "remedies.sh: unknown variant '$v'; valid: replay-SHARE, tokens-N" >&2; exit 2 ;;
   esac
-  "$BIN/compose" run --risks tox,bias,harm --strategy sequential-replay --seed "$SEED" --output-dir "$OUT/$v" "${flags[@]}"
+  "$BIN/compose" run --risks tox,bias,harm --strategy sequential-replay --seed "$SEED" --out "$OUT/$v" "${flags[@]}"
   keep "$OUT/$v" "$RESULTS/$v"
 done
 DEFAULT=experiments/results/strategies-tox-bias-harm/seed$SEED/sequential-replay

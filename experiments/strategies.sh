@@ -16,7 +16,7 @@ OUT=${OUT:-runs/$NAME/seed$SEED}
 RESULTS=${RESULTS:-experiments/results/$NAME/seed$SEED}
 STRATEGIES=(${STRATEGIES:-sequential-replay sequential stacked concatenated merged joint})
 for s in "${STRATEGIES[@]}"; do
-  "$BIN/compose" run --risks "$RISKS" --strategy "$s" --seed "$SEED" --output-dir "$OUT/$s"
+  "$BIN/compose" run --risks "$RISKS" --strategy "$s" --seed "$SEED" --out "$OUT/$s"
   keep "$OUT/$s" "$RESULTS/$s"
 done
 "$BIN/compose" report "${STRATEGIES[@]/#/$OUT/}" --out "$RESULTS" --baseline sequential

@@ -1,4 +1,5 @@
-"""Risk plugins: each risk owns its prompts, its reference teacher and its metric (DESIGN.md, section 2).
+"""Risk plugins: each risk owns its prompts, its reference teacher and its metric (docs/architecture.md, "Adding a
+risk").
 
     from risks import get_risk, list_risks, load_plugin, register_risk
 
@@ -14,7 +15,8 @@ see experiments/examples/my_risk.py.
 from risks.base import SPLITS, MetricResult, Risk, Teacher, TeacherOutput
 from risks.bias import GenderBias
 from risks.harm import Harmfulness
-from risks.registry import get_risk, list_risks, load_entry_points, load_plugin, register_risk, risk_class
+from risks.registry import (canonical_name, get_risk, list_risks, load_entry_points, load_plugin, register_risk,
+                            risk_class)
 from risks.toxicity import Toxicity
 
 # The built-in risks: one line each.
@@ -23,4 +25,4 @@ register_risk(GenderBias)
 register_risk(Harmfulness)
 
 __all__ = ["SPLITS", "GenderBias", "Harmfulness", "MetricResult", "Risk", "Teacher", "TeacherOutput", "Toxicity",
-           "get_risk", "list_risks", "load_entry_points", "load_plugin", "register_risk", "risk_class"]
+           "canonical_name", "get_risk", "list_risks", "load_entry_points", "load_plugin", "register_risk", "risk_class"]

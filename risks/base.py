@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from compose.errors import ComposeError, suggest
+from compose.generation import MAX_SEQUENCES, GenerationConfig, generate, perplexity_of, response_nll
+from compose.stats import bootstrap_stat, interval_for
+from risks.data import disjoint, hash_split, overlaps
+from risks.sources import column, read_rows
 from risks.teacher import Teacher, TeacherOutput  # TeacherOutput: re-exported with the risk interface
 from risks.teachers import teacher_from_spec
 
@@ -70,8 +75,6 @@ class MetricResult:
 
     def compute_intervals(self) -> MetricResult:
         """Fill ``intervals`` from ``items``: Wilson for 0/1 verdicts, a bootstrap over prompts otherwise."""
-        from compose.stats import interval_for
-
         self.intervals = {name: interval_for(values).to_dict() for name, values in self.items.items()}
         return self
 
@@ -140,8 +143,6 @@ class Risk:
 
     def prompts_from_rows(self, rows: list[dict], source: str) -> list[str]:
         """Prompts from the rows of a user's file; the default reads the ``prompt`` column."""
-        from risks.sources import column
-
         return column(rows, "prompt", source)
 
     def prompts(self, split: str, limit: int | None = None) -> list[str]:
@@ -160,8 +161,6 @@ class Risk:
         risk (``POOL``) is split into train and eval by a stable hash of each prompt (``HOLDOUT`` of it to eval);
         other splits are built in (None where the plugin has none). Exact and near duplicates across splits are
         then removed (from train first, from eval never; ``risks.data.disjoint``)."""
-        from risks.data import disjoint, hash_split, overlaps
-
         raw: dict[str, list[str]] = {}
         pooled = None
         if POOL in self.data_sources:
@@ -186,8 +185,6 @@ class Risk:
                 for split in SPLITS}
 
     def _read(self, source) -> list[str]:
-        from risks.sources import read_rows
-
         return self.prompts_from_rows(read_rows(source), str(source))
 
     def with_data(self, **splits) -> Risk:
@@ -225,8 +222,6 @@ class Risk:
     # -- generation --------------------------------------------------------------------------------------
     def generation_config(self, samples: int = 1, **overrides):
         """A ``GenerationConfig`` from this risk's options (greedy unless ``samples`` > 1 or overridden)."""
-        from compose.generation import GenerationConfig
-
         o = self.options
         sampled = samples > 1
         cfg = dict(max_new_tokens=o["max_new_tokens"], samples=samples, batch_size=o["batch_size"], seed=o["seed"],
@@ -237,8 +232,6 @@ class Risk:
     def generate(self, model, tokenizer, prompts: list[str], samples: int = 1, desc: str | None = None,
                  **overrides) -> list[list[str]]:
         """``samples`` responses per prompt from ``model`` (batched), formatted as this risk's prompts are."""
-        from compose.generation import generate
-
         cfg = self.generation_config(samples, **overrides)
         return generate(model, tokenizer, prompts, cfg, chat=self.chat, desc=desc or f"{self.name}: generating")
 
@@ -268,11 +261,6 @@ class Risk:
         """A ``MetricResult`` with fluency (perplexity of ``responses`` under the unpatched model), examples, and
         95% intervals of every figure in ``items`` (per-prompt values; perplexity's are added here).
         ``evaluated`` are the distinct prompts the metric was computed on (their hash pairs comparisons)."""
-        import hashlib
-
-        from compose.generation import MAX_SEQUENCES, perplexity_of, response_nll
-        from compose.stats import bootstrap_stat
-
         with unpatched(model) as base:
             nll = response_nll(base, tokenizer, prompts, responses, batch_size=MAX_SEQUENCES,
                                chat=self.chat, desc=f"{self.name}: perplexity")

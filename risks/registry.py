@@ -9,15 +9,12 @@ checked against the interface when it is registered; what is missing is named in
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
 import inspect
 import logging
-import sys
 from importlib import metadata
-from pathlib import Path
 
 from compose.errors import ComposeError
+from compose.plugins import import_plugin
 from risks.base import Risk, missing_parts
 
 log = logging.getLogger(__name__)
@@ -83,31 +80,16 @@ def list_risks() -> list[dict]:
 
 def load_plugin(spec: str) -> list[type[Risk]]:
     """Import a plugin (a ``.py`` file or an importable module name) and register the Risk subclasses it defines."""
-    path = Path(spec).expanduser()
-    if spec.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise ComposeError(f"plugin file '{spec}' does not exist")
-        module_name = f"compose_plugin_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(module_name, None)
-            raise ComposeError(f"plugin '{spec}' failed to load: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(spec)
-        except ImportError as exc:
-            raise ComposeError(f"cannot import plugin '{spec}': {exc}; give a .py file or an importable module") \
-                from exc
-        except Exception as exc:
-            raise ComposeError(f"plugin '{spec}' failed to load: {type(exc).__name__}: {exc}") from exc
-    classes = [obj for obj in vars(module).values()
-               if inspect.isclass(obj) and issubclass(obj, Risk) and obj.__module__ == module.__name__]
+    classes = register_risks_in(import_plugin(spec), spec)
     if not classes:
         raise ComposeError(f"plugin '{spec}' defines no subclass of risks.Risk")
+    return classes
+
+
+def register_risks_in(module, spec: str) -> list[type[Risk]]:
+    """Register the Risk subclasses that ``module`` (the plugin ``spec``) defines; returns them."""
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and issubclass(obj, Risk) and obj.__module__ == module.__name__]
     for cls in classes:
         register_risk(cls, origin=f"plugin {spec}")
     return classes
@@ -138,3 +120,12 @@ def load_entry_points(force: bool = False) -> None:
             log.warning(f"skipping risk entry point '{ep.name}': {exc}")
         except Exception as exc:  # a broken third-party package
             log.warning(f"skipping risk entry point '{ep.name}' ({ep.value}): {type(exc).__name__}: {exc}")
+
+
+def canonical_name(name: str) -> str:
+    """The canonical name of a registered risk or alias; other names (risks not installed here, patch names)
+    unchanged. Constraints compare canonical names, so ``after: [tox]`` means toxicity."""
+    try:
+        return risk_class(name).name
+    except ComposeError:
+        return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from compose.patch import segments_for
-from strategies.base import Strategy
+from compose.strategy import Composition, Strategy
 
 
 class Concatenated(Strategy):
@@ -13,9 +13,11 @@ class Concatenated(Strategy):
     layout = "composed"
     description = "independent specialists (reused when already built) concatenated into one patch"
 
-    def run(self, ctx):
+    def stages(self, ctx):
+        return []
+
+    def compose(self, ctx, last):
         prompts = [ctx.specialist(risk) for risk in ctx.order]
         model = ctx.new_patch(sum(p.shape[0] for p in prompts), init=torch.cat(prompts))
         segments = segments_for([(r, p.shape[0]) for r, p in zip(ctx.order, prompts)])
-        ctx.composed_row(model, segments, {"composition": "concatenation in run order"})
-        return model, segments
+        return Composition(model, segments, {"composition": "concatenation in run order"})

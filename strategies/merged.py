@@ -12,12 +12,15 @@ The tensor math is ``peft.utils.merge_utils`` (PEFT's adapter merging itself is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 from peft.utils import merge_utils
 
 from compose.errors import ComposeError
 from compose.patch import init_from_text
-from strategies.base import Strategy
+from compose.strategy import Composition, Strategy
 
 METHODS = ("average", "task-arithmetic", "ties", "dare-ties")
 
@@ -48,27 +51,46 @@ def merge_prompts(prompts: list[torch.Tensor], inits: list[torch.Tensor], method
     return init + merge_utils.dare_ties(deltas, w, density=density)
 
 
+@dataclass
+class MergeOptions:
+    """Options of the merged strategy (the run config's ``merge`` mapping)."""
+
+    section: ClassVar[str | None] = "merge"
+    method: str = field(default="average", metadata={"help": f"how the specialists are merged: {', '.join(METHODS)}"})
+    weights: list | dict | None = field(default=None, metadata={
+        "help": "weight of each specialist: a list in run order or {risk: weight} (default: equal)"})
+    density: float = field(default=0.5, metadata={"help": "share of each change kept by ties and dare-ties, in [0, 1]"})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ComposeError(f"unknown merge method '{self.method}'; valid: {', '.join(METHODS)}")
+        if isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0 <= self.density <= 1:
+            raise ComposeError(f"merge density must be a number in [0, 1], got {self.density!r}")
+        if self.weights is not None and not isinstance(self.weights, (list, dict)):
+            raise ComposeError(f"merge weights must be a list or a mapping of risk to weight, got {self.weights!r}")
+
+
 class Merged(Strategy):
     name = "merged"
     layout = "composed"
     description = "specialists of equal length averaged (or TIES/DARE-merged) into one patch"
-    settings = ("merge",)
+    Options = MergeOptions
 
-    def run(self, ctx):
+    def stages(self, ctx):
+        return []
+
+    def compose(self, ctx, last):
         lengths = {ctx.cfg.tokens[r] for r in ctx.order}
         if len(lengths) != 1:
             raise ComposeError(f"merged needs the same token count for every risk, got {ctx.cfg.tokens}")
         prompts = [ctx.specialist(risk) for risk in ctx.order]
         base, tok = ctx.loaded.model, ctx.loaded.tokenizer
         inits = [init_from_text(base, tok, p.shape[0], ctx.risk(r).init_text) for r, p in zip(ctx.order, prompts)]
-        opts = ctx.cfg.merge or {}
-        weights = opts.get("weights")
+        opts = self.options
+        weights = opts.weights
         if isinstance(weights, dict):
             weights = [float(weights.get(r, 1.0)) for r in ctx.order]
-        merged = merge_prompts(prompts, inits, opts.get("method", "average"), weights,
-                               float(opts.get("density", 0.5)), ctx.cfg.seed)
+        merged = merge_prompts(prompts, inits, opts.method, weights, float(opts.density), ctx.cfg.seed)
         model = ctx.new_patch(merged.shape[0], init=merged)
-        segments = ctx.shared_segments(merged.shape[0], ctx.order)
-        ctx.composed_row(model, segments, {"composition": f"merge ({opts.get('method', 'average')})",
-                                           "weights": weights, "density": opts.get("density")})
-        return model, segments
+        return Composition(model, ctx.shared_segments(merged.shape[0], ctx.order),
+                           {"composition": f"merge ({opts.method})", "weights": weights, "density": opts.density})

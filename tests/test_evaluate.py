@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from compose.cli import main
+from compose.cli.config import parse_data_args, parse_option_args
 from compose.errors import ComposeError
-from compose.evaluate import evaluate_risks, format_results, parse_data_args, parse_option_args
+from compose.evaluate import evaluate_risks, format_results
 from risks import get_risk
 from risks.base import MetricResult
 

@@ -29,9 +29,18 @@ RUN_FLAGS = {
     "replay with sequential": (["--strategy", "sequential", "--replay", "0.3"], "--replay is not used"),
     "replay with joint": (["--strategy", "joint", "--replay", "0.3"], "strategies that use it: sequential-replay"),
     "merge with stacked": (["--strategy", "stacked", "--merge", "ties"], "--merge is not used"),
+    "unknown strategy option": (["--strategy", "merged", "--option", "densty=0.3"],
+                                "unknown option 'densty' of strategy 'merged' (did you mean 'density'?); valid: "
+                                "method, weights, density"),
+    "option of a strategy without options": (["--strategy", "joint", "--option", "replay=0.3"],
+                                             "valid: none (it has no options)"),
+    "bad option value": (["--strategy", "merged", "--option", "method=best"], "unknown merge method 'best'"),
+    "bad option syntax": (["--option", "replay"], "bad --option 'replay'; expected KEY=VALUE"),
+    "unknown train setting": (["--train", "sft_epoch=2"], "unknown setting 'sft_epoch' in --train"),
+    "bad train value": (["--train", "sft_lr=fast"], "--train: field 'sft_lr' is 'fast'"),
     "a folder as model": (["--model", "/etc"], "not a saved model"),
     "a file as model": (["--model", "/etc/hostname"], "not a saved model"),
-    "resume of nothing": (["--resume"], "--resume needs --output-dir"),
+    "resume of nothing": (["--resume"], "--resume needs --out"),
     "seed and seeds": (["--seed", "1", "--seeds", "0,1"], "either --seed or --seeds"),
     "seeds not numbers": (["--seeds", "a,b"], "bad --seeds"),
     "a folder as data": (["--data", "tox=/etc"], "/etc"),
@@ -42,7 +51,7 @@ RUN_FLAGS = {
 @pytest.mark.parametrize("case", RUN_FLAGS)
 def test_run_refuses_bad_flags(tmp_path, capsys, case):
     args, message = RUN_FLAGS[case]
-    refused(capsys, RUN + args + ["--output-dir", str(tmp_path / "r")], message)
+    refused(capsys, RUN + args + ["--out", str(tmp_path / "r")], message)
     assert not (tmp_path / "r" / "config.yaml").exists()
 
 
@@ -77,7 +86,7 @@ CONFIGS = {
 def test_run_refuses_bad_config_files(tmp_path, capsys, case):
     text, message = CONFIGS[case]
     (tmp_path / "bad.yaml").write_text(text)
-    refused(capsys, RUN + ["--config", "bad.yaml", "--output-dir", "r"], message, root=tmp_path)
+    refused(capsys, RUN + ["--config", "bad.yaml", "--out", "r"], message, root=tmp_path)
 
 
 @pytest.mark.parametrize("case", ["cycle written with aliases", "constraint not a list", "replay as text"])
@@ -87,30 +96,28 @@ def test_graph_refuses_bad_config_files(tmp_path, capsys, case):
     refused(capsys, ["graph", "bad.yaml"], message, root=tmp_path)
 
 
-def test_config_settings_the_strategy_ignores_get_a_warning(tmp_path, capsys, caplog, monkeypatch):
-    from compose import run as run_mod
+def test_config_settings_the_strategy_ignores_are_refused(tmp_path, capsys, monkeypatch):
+    from compose.cli import run as run_mod
 
     def stop(*args, **kwargs):
         raise ComposeError("stopped before the run: only the settings are checked here")
 
     monkeypatch.setattr(run_mod, "execute", stop)
     (tmp_path / "c.yaml").write_text("strategy: sequential\nreplay: 0.5\n")
-    with caplog.at_level(logging.WARNING, logger="compose.run"):
-        refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
-    assert "does not use the setting 'replay'" in caplog.text
-    caplog.clear()
+    refused(capsys, RUN + ["--config", "c.yaml"], "the config file sets 'replay', which strategy 'sequential' does "
+                                                  "not use; strategies that use it: sequential-replay, stacked")
     (tmp_path / "c.yaml").write_text("strategy: sequential-replay\nreplay: 0.5\n")
-    with caplog.at_level(logging.WARNING, logger="compose.run"):
-        refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
-    assert "does not use" not in caplog.text
+    refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
+    (tmp_path / "c.yaml").write_text("strategy: sequential\nreplay: 0.25\n")  # a saved config: every default
+    refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
 
 
 def test_run_refuses_an_output_folder_it_did_not_create(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("years of work")
-    refused(capsys, RUN + ["--output-dir", "mine"], "not empty", "--force", root=tmp_path)
+    refused(capsys, RUN + ["--out", "mine"], "not empty", "--force", root=tmp_path)
     (tmp_path / "file").write_text("x")
-    refused(capsys, RUN + ["--output-dir", "file"], "is a file", root=tmp_path)
+    refused(capsys, RUN + ["--out", "file"], "is a file", root=tmp_path)
 
 
 # --- compose generate: nothing hangs ---------------------------------------------------------------------------
@@ -204,11 +211,11 @@ SEARCH = ["search", "--model", "tiny-random", "--preset", "smoke", "--risks", "t
 def test_search_refuses_a_garbage_study_database(tmp_path, capsys):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "study.db").write_bytes(b"not a database" * 100)
-    refused(capsys, SEARCH + ["--output-dir", "s"], "file is not a database")
+    refused(capsys, SEARCH + ["--out", "s"], "file is not a database")
     assert (tmp_path / "s" / "study.db").read_bytes() == b"not a database" * 100
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["study.db", "study.db.lock"]  # the creation lock
     (tmp_path / "garbage.db").write_bytes(b"\x00garbage" * 100)
-    refused(capsys, SEARCH + ["--output-dir", "s2", "--storage", f"sqlite:///{tmp_path / 'garbage.db'}"],
+    refused(capsys, SEARCH + ["--out", "s2", "--storage", f"sqlite:///{tmp_path / 'garbage.db'}"],
             "cannot open study storage")
 
 
@@ -216,7 +223,7 @@ def test_search_refuses_a_garbage_study_database(tmp_path, capsys):
                                               ("postgresql://nobody@127.0.0.1:1/db", "cannot open study storage"),
                                               ("sqlite", "unknown storage URL")])
 def test_search_refuses_unusable_storage(tmp_path, capsys, storage, message):
-    refused(capsys, SEARCH + ["--output-dir", "s", "--storage", storage], message)
+    refused(capsys, SEARCH + ["--out", "s", "--storage", storage], message)
 
 
 @pytest.mark.parametrize("args, message", [(["--budget", "99999999999999"], "up to 4096"),
@@ -225,14 +232,14 @@ def test_search_refuses_unusable_storage(tmp_path, capsys, storage, message):
                                            (["--fluency-bound", "nan"], "--fluency-bound must be a positive number"),
                                            (["--trials", "0"], "--trials must be >= 1")])
 def test_search_refuses_bad_numbers(tmp_path, capsys, args, message):
-    refused(capsys, SEARCH + args + ["--output-dir", "s"], message)
+    refused(capsys, SEARCH + args + ["--out", "s"], message)
     assert not (tmp_path / "s" / "trials.md").exists()
 
 
 def test_search_refuses_a_folder_it_did_not_create(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    refused(capsys, SEARCH + ["--output-dir", "mine"], "not empty", root=tmp_path)
+    refused(capsys, SEARCH + ["--out", "mine"], "not empty", root=tmp_path)
 
 
 # --- compose graph -----------------------------------------------------------------------------------------------

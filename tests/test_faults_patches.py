@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
-from compose import config as config_mod
-from compose import run as run_mod
 from compose.artifact import CHECKSUM_FIELD, CONFIG, MANIFEST, WEIGHTS, load_patch, read_manifest, save_patch, verify_patch
+from compose.cli import run as run_mod
+from compose.cli.config import resolve
 from compose.errors import ComposeError
 from compose.models import load_model
 from compose.patch import attach_patch, segments_for
@@ -207,7 +207,7 @@ def sequential_runs(tiny, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "compose-cache"))
         for strategy in ("sequential", "sequential-replay"):
-            cfg = config_mod.resolve({}, risks="tox,bias", strategy=strategy, model="tiny-random", preset="smoke")
+            cfg = resolve({}, risks="tox,bias", strategy=strategy, model="tiny-random", preset="smoke")
             run_mod.execute(cfg, root / strategy, loaded=tiny)
     return root
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from compose import config as config_mod
-from compose import run as run_mod
 from compose.artifact import verify_patch
+from compose.cli import run as run_mod
 from compose.cli import main
+from compose.cli.config import resolve
+from compose.context import RunContext
 from compose.errors import ComposeError
 from compose.io import LOCK
 from faultlib import refused, snapshot, succeeds
@@ -32,7 +33,7 @@ def finished(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("finished")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMPOSE_CACHE", str(root / "cache"))
-        cfg = config_mod.resolve({}, risks="tox,bias", strategy="sequential-replay", model="tiny-random",
+        cfg = resolve({}, risks="tox,bias", strategy="sequential-replay", model="tiny-random",
                                  preset="smoke")
         run_mod.execute(cfg, root / "run", loaded=tiny)
     return root
@@ -47,14 +48,14 @@ def run(finished, tmp_path, monkeypatch):
 
 
 def resume(run: Path) -> list[str]:
-    return ["run", "--resume", "--output-dir", str(run)]
+    return ["run", "--resume", "--out", str(run)]
 
 
 def no_training(monkeypatch) -> None:
     def retrain(*args, **kwargs):
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr(run_mod.RunContext, "train", retrain)
+    monkeypatch.setattr(RunContext, "train", retrain)
 
 
 def remove(path: Path) -> None:
@@ -102,7 +103,7 @@ def test_a_lost_output_is_rebuilt_on_resume(run, capsys, monkeypatch, lost):
     remove(run / lost)
     no_training(monkeypatch)
     argv = resume(run) if lost != "config.yaml" else \
-        ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--output-dir", str(run)]
+        ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--out", str(run)]
     succeeds(capsys, argv)
     assert_complete(run)
     if lost in ("report.md", "forgetting.png", "config.yaml", "data", "replay.json"):
@@ -115,8 +116,8 @@ def test_killed_in_the_middle_of_a_stage_redoes_only_that_stage(run, capsys, mon
     remove(run / "stages" / "02-bias" / "stage.json")  # killed before the stage's marker was written
     (run / "stages" / "02-bias" / "eval.json").write_text('{"half": ')
     trained = []
-    real = run_mod.RunContext.train
-    monkeypatch.setattr(run_mod.RunContext, "train", lambda self, *a, **kw: trained.append(kw["desc"])
+    real = RunContext.train
+    monkeypatch.setattr(RunContext, "train", lambda self, *a, **kw: trained.append(kw["desc"])
                         or real(self, *a, **kw))
     succeeds(capsys, resume(run))
     assert len(trained) == 1 and "bias" in trained[0]
@@ -178,13 +179,13 @@ def _fail_data(monkeypatch):
     def data(self, name):
         raise ComposeError(f"bad data for {name}")
 
-    monkeypatch.setattr(run_mod.RunContext, "data", data)
+    monkeypatch.setattr(RunContext, "data", data)
 
 
 def test_a_refused_run_leaves_no_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path / "cache"))
     _fail_data(monkeypatch)
-    args = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--output-dir", str(tmp_path / "r")]
+    args = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--out", str(tmp_path / "r")]
     refused(capsys, args, "bad data for toxicity")
     assert not (tmp_path / "r").exists()
 
@@ -194,7 +195,7 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys, m
     out = tmp_path / "r"
     out.mkdir()  # the user's empty folder: it stays, with the failed start's settings in it
     base = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy", "sequential",
-            "--output-dir", str(out)]
+            "--out", str(out)]
     with monkeypatch.context() as m:
         _fail_data(m)
         refused(capsys, base + ["--tokens", "3"], "bad data")
@@ -265,7 +266,7 @@ def _commands(run: Path, tmp_path: Path) -> dict:
         "patch apply": ["patch", "apply", str(run / "patch"), "--model", "tiny-random", "--output",
                         str(tmp_path / "combined")],
         "report": ["report", str(run), str(run), "--out", str(tmp_path / "cmp")],
-        "run": ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--output-dir",
+        "run": ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--out",
                 str(tmp_path / "r2")],
     }
 

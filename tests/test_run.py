@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from compose import config as config_mod
-from compose import run as run_mod
+from compose import context as context_mod
 from compose.artifact import patch_matrix, read_manifest, verify_patch
+from compose.cli import run as run_mod
 from compose.cli import main
+from compose.cli.config import resolve
+from compose.context import RunContext
 from compose.forgetting import ForgettingMatrix
 from compose.models import load_model
 from strategies import STRATEGIES
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def run(tiny, out, risks="tox,bias", strategy="sequential-replay", **flags):
-    cfg = config_mod.resolve({}, risks=risks, strategy=strategy, model="tiny-random", preset="smoke", **flags)
+    cfg = resolve({}, risks=risks, strategy=strategy, model="tiny-random", preset="smoke", **flags)
     return run_mod.execute(cfg, out, loaded=tiny)
 
 
@@ -83,13 +86,13 @@ def test_three_risks(tiny, tmp_path, strategy):
 @pytest.mark.parametrize("dpo_reference", ["base", "sft"])
 def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_path, monkeypatch, dpo_reference):
     references = []
-    real = run_mod.train_dpo
+    real = context_mod.train_dpo
 
     def spy(model, tok, pairs, cfg, reference=None, frozen_rows=None, desc=""):
         references.append((None if reference.prefix is None else reference.prefix.clone(), frozen_rows))
         return real(model, tok, pairs, cfg, reference=reference, frozen_rows=frozen_rows, desc=desc)
 
-    monkeypatch.setattr(run_mod, "train_dpo", spy)
+    monkeypatch.setattr(context_mod, "train_dpo", spy)
     run(tiny, tmp_path, risks="tox,bias,harm", strategy="stacked", tokens="3", train={"dpo_reference": dpo_reference})
     first, _ = patch_matrix(tmp_path / "stages" / "01-toxicity" / "patch")
     second, _ = patch_matrix(tmp_path / "stages" / "02-bias" / "patch")
@@ -106,7 +109,7 @@ def test_stacked_freezes_earlier_blocks_and_uses_them_as_reference(tiny, tmp_pat
 
 def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
     calls = []
-    real = run_mod.RunContext.train
+    real = RunContext.train
 
     def crash_in_stage_2(self, model, sft, pairs, **kw):
         calls.append(kw.get("desc"))
@@ -114,14 +117,14 @@ def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, model, sft, pairs, **kw)
 
-    monkeypatch.setattr(run_mod.RunContext, "train", crash_in_stage_2)
+    monkeypatch.setattr(RunContext, "train", crash_in_stage_2)
     with pytest.raises(KeyboardInterrupt):
         run(tiny, tmp_path, strategy="sequential")
     assert (tmp_path / "stages" / "01-toxicity" / "stage.json").is_file()
     assert not (tmp_path / "stages" / "02-bias" / "stage.json").exists()
     stage1 = (tmp_path / "stages" / "01-toxicity" / "patch" / "adapter_model.safetensors").read_bytes()
     calls.clear()
-    monkeypatch.setattr(run_mod.RunContext, "train", lambda self, *a, **kw: calls.append(kw["desc"]) or real(self, *a, **kw))
+    monkeypatch.setattr(RunContext, "train", lambda self, *a, **kw: calls.append(kw["desc"]) or real(self, *a, **kw))
     run(tiny, tmp_path, strategy="sequential")
     assert len(calls) == 1 and "bias" in calls[0]
     assert (tmp_path / "stages" / "01-toxicity" / "patch" / "adapter_model.safetensors").read_bytes() == stage1
@@ -134,8 +137,8 @@ def test_finished_run_keeps_its_results(tiny, tmp_path, monkeypatch):
     first = run(tiny, tmp_path, strategy="joint")
     saved = (tmp_path / "results.json").read_bytes()
     monkeypatch.setattr(run_mod, "load_model", lambda *a, **kw: pytest.fail("a finished run loaded the model"))
-    monkeypatch.setattr(run_mod.RunContext, "train", lambda *a, **kw: pytest.fail("a finished run trained"))
-    again = run_mod.execute(config_mod.resolve({}, risks="tox,bias", strategy="joint", model="tiny-random",
+    monkeypatch.setattr(RunContext, "train", lambda *a, **kw: pytest.fail("a finished run trained"))
+    again = run_mod.execute(resolve({}, risks="tox,bias", strategy="joint", model="tiny-random",
                                                preset="smoke"), tmp_path)
     assert again["wall_seconds"] == first["wall_seconds"]
     assert (tmp_path / "results.json").read_bytes() == saved
@@ -156,7 +159,7 @@ def test_resume_accepts_a_run_from_before_a_setting_was_added(tiny, tmp_path, mo
     del saved["train"]["retain_objective"], saved["margin"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     calls = []
-    monkeypatch.setattr(run_mod.RunContext, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(RunContext, "train", lambda *a, **k: calls.append(a))
     run(tiny, tmp_path, strategy="joint")
     assert not calls  # resumed: nothing trained again
     with pytest.raises(Exception, match=r"other settings \(train differ"):
@@ -175,7 +178,7 @@ def test_resume_accepts_a_run_from_before_a_setting_was_added(tiny, tmp_path, mo
     (["--data", "harm-eval.jsonl"], "bad --data"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, args, message):
-    base = ["run", "--model", "tiny-random", "--preset", "smoke", "--output-dir", str(tmp_path / "r")]
+    base = ["run", "--model", "tiny-random", "--preset", "smoke", "--out", str(tmp_path / "r")]
     if "--risks" not in args:
         base += ["--risks", "tox,bias"]
     assert main(base + args) == 2
@@ -187,15 +190,18 @@ def test_bad_input_exits_2(tmp_path, capsys, args, message):
 def test_cli_run_and_report(tmp_path, capsys):
     out = tmp_path / "cli-run"
     assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
-                 "--strategy", "sequential", "--output-dir", str(out)]) == 0
+                 "--strategy", "sequential", "--train", "sft_lr=0.02", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "final average safety" in text and "toxicity" in text
     saved = config_mod.load_config_file(out / "config.yaml")
     assert saved["strategy"] == "sequential" and saved["tokens"] == {"toxicity": 4, "bias": 4}
-    assert main(["run", "--resume", "--output-dir", str(out)]) == 0  # everything finished: nothing retrained
+    assert saved["train"]["sft_lr"] == 0.02 and saved["train"]["sft_epochs"] == 1  # --train over the preset's
+    # the old spelling of --out still works, with a warning; everything finished: nothing retrained
+    assert main(["run", "--resume", "--output-dir", str(out), "--output-dir", str(out)]) == 0
+    assert capsys.readouterr().err.count("--output-dir is deprecated; use --out") == 1
     other = tmp_path / "cli-joint"
     assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
-                 "--strategy", "joint", "--output-dir", str(other)]) == 0
+                 "--strategy", "joint", "--out", str(other)]) == 0
     assert main(["report", str(out), str(other), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "comparison.png").is_file()
     assert "sequential" in (tmp_path / "cmp" / "comparison.md").read_text()
@@ -209,7 +215,7 @@ def test_cli_run_and_report(tmp_path, capsys):
 def test_seeds_run_each_seed_and_pool_them(tmp_path, capsys):
     out = tmp_path / "seeds"
     assert main(["run", "--risks", "tox,bias", "--strategy", "sequential", "--preset", "smoke", "--model",
-                 "tiny-random", "--seeds", "0,1", "--output-dir", str(out)]) == 0
+                 "tiny-random", "--seeds", "0,1", "--out", str(out)]) == 0
     for seed in (0, 1):
         assert config_mod.load_config_file(out / f"seed{seed}" / "config.yaml")["seed"] == seed
         assert (out / f"seed{seed}" / "results.json").is_file()

@@ -8,9 +8,10 @@ import optuna
 import pytest
 
 from compose import config as config_mod
+from compose.cli.config import resolve
+from compose.cli.search import allocate, open_study, search, storage_url
 from compose.errors import ComposeError
 from compose.models import load_model
-from compose.search import allocate, open_study, search, storage_url
 
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
@@ -33,7 +34,7 @@ def test_impossible_budget_and_storage_errors(tmp_path):
 
 def test_search_resumes_and_refuses_other_risks(tmp_path):
     tiny = load_model("tiny-random")
-    base = config_mod.resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
+    base = resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
     first = search(base, budget=6, trials=3, out_dir=tmp_path, loaded=tiny)
     assert first["trials"] == 3 and first["completed"] >= 1
     assert first["equal_split"]["trial"] == 0 and first["equal_split"]["tokens"] == {"toxicity": 3, "bias": 3}
@@ -49,7 +50,7 @@ def test_search_resumes_and_refuses_other_risks(tmp_path):
     for name in ("trials.md", "best.yaml", "optimization_history.png", "study.db"):
         assert (tmp_path / name).is_file(), name
     assert config_mod.load_config_file(tmp_path / "best.yaml")["tokens"] == best
-    other = config_mod.resolve({}, risks="tox,harm", strategy="stacked", model="tiny-random", preset="smoke")
+    other = resolve({}, risks="tox,harm", strategy="stacked", model="tiny-random", preset="smoke")
     with pytest.raises(ComposeError, match="created for other settings"):
         search(other, budget=6, trials=1, out_dir=tmp_path, study_name=first["study"], loaded=tiny)
     with pytest.raises(ComposeError, match=r"other settings \(seed: 0\)"):  # another seed scores differently
@@ -74,7 +75,7 @@ def test_pruning_can_be_turned_off(tmp_path):
 
 def test_total_trials_counts_earlier_runs(tmp_path):
     tiny = load_model("tiny-random")
-    base = config_mod.resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
+    base = resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
     assert search(base, budget=4, trials=1, out_dir=tmp_path, loaded=tiny)["trials"] == 1  # an interrupted search
     assert search(base, budget=4, trials=99, out_dir=tmp_path, loaded=tiny, total_trials=2)["trials"] == 2
     assert search(base, budget=4, trials=99, out_dir=tmp_path, loaded=tiny, total_trials=2)["trials"] == 2
@@ -85,7 +86,7 @@ def test_two_processes_share_one_study(tmp_path):
     cmd = [sys.executable, "-m", "compose.cli", "search", "--risks", "tox,bias", "--strategy", "sequential",
            "--model", "tiny-random", "--preset", "smoke", "--budget", "4", "--trials", "1", "--storage", url,
            "--study", "shared"]
-    procs = [subprocess.Popen(cmd + ["--output-dir", str(tmp_path / f"p{i}")], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"p{i}")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
@@ -96,7 +97,7 @@ def test_two_processes_share_one_study(tmp_path):
 
 def test_pruner_sees_intermediate_rows_only():
     from compose.forgetting import ForgettingMatrix
-    from compose.search import intermediate_value
+    from compose.cli.search import intermediate_value
 
     def matrix(*rows):
         m = ForgettingMatrix(["toxicity", "bias"])

@@ -2,14 +2,20 @@
 test here fails. (Shapes and files of every strategy's run are covered by tests/test_run.py.)"""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from compose import config as config_mod
-from compose import run as run_mod
 from compose.artifact import patch_matrix
-from strategies import STRATEGIES
+from compose.cli import run as run_mod
+from compose.cli import main
+from compose.cli.config import resolve
+from compose.context import RunContext
+from compose.strategy import check_strategy_class, option_fields, options_from_config
+from strategies import STRATEGIES, get_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
@@ -19,18 +25,18 @@ pytestmark = pytest.mark.usefixtures("shared_cache")
 def trained(monkeypatch):
     """Records the SFT examples and preference pairs of every training call, in order."""
     calls = []
-    real = run_mod.RunContext.train
+    real = RunContext.train
 
     def spy(self, model, sft, pairs, *args, **kwargs):
         calls.append({"sft": list(sft), "pairs": list(pairs)})
         return real(self, model, sft, pairs, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod.RunContext, "train", spy)
+    monkeypatch.setattr(RunContext, "train", spy)
     return calls
 
 
 def run(tiny, out, strategy, risks="tox,bias", **flags):
-    cfg = config_mod.resolve({}, risks=risks, strategy=strategy, model="tiny-random", preset="smoke", **flags)
+    cfg = resolve({}, risks=risks, strategy=strategy, model="tiny-random", preset="smoke", **flags)
     run_mod.execute(cfg, out, loaded=tiny)
     return out
 
@@ -42,7 +48,7 @@ def prompts_of(out, risk: str) -> set[str]:
 
 @pytest.mark.parametrize("strategy, replayed", [("sequential", False), ("sequential-replay", True)])
 def test_replay_mixes_earlier_risks_into_later_stages(tiny, tmp_path, trained, strategy, replayed):
-    out = run(tiny, tmp_path / strategy, strategy, replay=0.5)
+    out = run(tiny, tmp_path / strategy, strategy, **({"replay": 0.5} if replayed else {}))
     tox, bias = prompts_of(out, "toxicity"), prompts_of(out, "bias")
     first, second = ({e["prompt"] for e in call["sft"]} for call in trained)
     assert first <= tox and not first & bias
@@ -81,3 +87,58 @@ def test_merged_average_is_the_weighted_mean_of_the_specialists(tiny, tmp_path, 
 def test_every_registered_strategy_is_covered_here():
     covered = {"sequential", "sequential-replay", "joint", "concatenated", "merged", "stacked"}
     assert set(STRATEGIES) == covered, "a new strategy needs a test of its defining property (stacked: test_run.py)"
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_strategy_contract(name):
+    """Every registered strategy: a complete class, options that are a dataclass with a help text per field and
+    defaults that validate, read back from a resolved run config, and listed by `compose strategies`."""
+    cls = STRATEGIES[name]
+    assert check_strategy_class(cls) == [] and cls.name == name and cls.description
+    assert all(f.metadata.get("help") for f in option_fields(cls))
+    cfg = resolve({}, risks="tox,bias", strategy=name, model="tiny-random", preset="smoke")
+    assert options_from_config(cls, cfg.to_dict()) == cls.Options()
+    assert isinstance(get_strategy(name, cfg.to_dict()).options, cls.Options)
+
+
+def test_strategies_command_lists_every_strategy_and_its_options(capsys):
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in STRATEGIES) and "replay (default 0.25)" in out and "density" in out
+    assert main(["strategies", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["merged"]["section"] == "merge" and set(rows["merged"]["options"]) == {"method", "weights", "density"}
+
+
+def test_options_reach_the_strategy():
+    cfg = resolve({}, risks="tox,bias", strategy="merged", model="tiny-random", preset="smoke",
+                             options={"--option": {"method": "ties", "density": 0.3}})
+    assert cfg.merge == {"method": "ties", "weights": None, "density": 0.3}
+    assert get_strategy("merged", cfg.to_dict()).options.density == 0.3
+    cfg = resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke",
+                             options={"--option": {"replay": 0}})
+    assert get_strategy("stacked", cfg.to_dict()).options.replay == 0.0
+
+
+@pytest.fixture()
+def plugin_strategy():
+    """The example plugin's strategy, unregistered again afterwards."""
+    yield ROOT / "experiments" / "examples" / "my_strategy.py"
+    STRATEGIES.pop("cumulative", None)
+
+
+def test_a_new_strategy_is_one_module_plus_one_line(tmp_path, plugin_strategy, trained, capsys):
+    """experiments/examples/my_strategy.py, loaded with --plugin: listed, run through the stage loop (stage 2
+    trains on both risks), resumed without training again."""
+    assert main(["--plugin", str(plugin_strategy), "strategies"]) == 0
+    assert "cumulative" in capsys.readouterr().out
+    out = tmp_path / "run"
+    args = ["--plugin", str(plugin_strategy), "run", "--strategy", "cumulative", "--risks", "tox,bias", "--model",
+            "tiny-random", "--preset", "smoke", "--out", str(out)]
+    assert main(args) == 0
+    matrix = json.loads((out / "forgetting.json").read_text())
+    assert [r["name"] for r in matrix["rows"]] == ["base", "toxicity", "bias"]
+    first, second = ({e["prompt"] for e in call["sft"]} for call in trained)
+    tox, bias = prompts_of(out, "toxicity"), prompts_of(out, "bias")
+    assert first <= tox and second & tox and second & bias
+    assert main(args) == 0 and len(trained) == 2  # finished: nothing trained again

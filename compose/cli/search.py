@@ -1,6 +1,6 @@
 """``compose search``: how many virtual tokens each risk gets under a total budget, searched with Optuna.
 
-Every trial is a real run (``compose.run.execute``) with the trial's allocation. An allocation is sampled as
+Every trial is a real run (``compose.cli.run.execute``) with the trial's allocation. An allocation is sampled as
 one weight per risk in [0, 1] and turned into integer token counts that sum exactly to the budget (largest
 remainders, at least ``min_tokens`` each), so every allocation respects the budget by construction. In
 multi-objective mode the total is searched too (objectives: composed safety up, total tokens down) and the
@@ -19,14 +19,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import fcntl
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import optuna
+import sqlalchemy.exc
+from optuna.visualization import matplotlib as ov
+
 from compose import config as config_mod
+from compose.cli.arguments import add_model_arguments, add_out_argument
+from compose.cli.config import resolve
+from compose.cli.run import check_context, execute
 from compose.errors import ComposeError
 from compose.io import atomic_write_json, atomic_write_text, check_output_dir, mark_output_dir, save_figure
+from compose.models import load_model
 
 log = logging.getLogger("compose.search")
 SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -65,8 +77,6 @@ def _creation_lock(url: str):
     if not url.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     lock = Path(url[len("sqlite:///"):] + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as f:
@@ -78,9 +88,6 @@ def _creation_lock(url: str):
 
 
 def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | None = None, prune: bool = True):
-    import optuna
-    import sqlalchemy.exc
-
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     directions = ["maximize", "minimize"] if multi else ["maximize"]
     # seeded by the run seed: a search re-run from scratch proposes the same allocations
@@ -114,8 +121,6 @@ def open_study(url: str, name: str, settings: dict, multi: bool, seed: int | Non
 
 def _transient(exc) -> bool:
     """True for errors of two processes creating one study at once (the loser retries), not for a bad storage."""
-    import sqlalchemy.exc
-
     return isinstance(exc, sqlalchemy.exc.IntegrityError) or "locked" in str(exc)
 
 
@@ -134,11 +139,6 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     returns the best allocation(s) and the trials table. ``prune``:
     stop a trial after a stage whose mean safety so far is below the median of earlier trials at that stage
     (that judges an allocation by its first risks only, before the later ones have trained)."""
-    import optuna
-
-    from compose.models import load_model
-    from compose.run import check_context, execute
-
     out_dir = Path(out_dir)
     equal = allocate({r: 1.0 for r in base.risks}, budget, min_tokens)  # refuses an impossible budget early
     config_mod.check_token_counts(equal)
@@ -228,8 +228,6 @@ def intermediate_value(matrix) -> float | None:
 
 def _same_run(study, trial, cfg: config_mod.RunConfig):
     """A completed trial whose run had exactly ``cfg``'s settings, or None."""
-    import optuna
-
     digest = cfg.digest()
     trial.set_user_attr("config_digest", digest)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -239,15 +237,11 @@ def _same_run(study, trial, cfg: config_mod.RunConfig):
 
 
 def _replace(obj, **changes):
-    import dataclasses
-
     return dataclasses.replace(obj, **changes)
 
 
 def summarize(study, base: config_mod.RunConfig, out_dir: Path, multi_objective: bool) -> dict:
     """Write trials.md, best.yaml and the plots; return the best allocation(s)."""
-    import optuna
-
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise ComposeError(f"study '{study.study_name}' has no completed trial yet")
@@ -293,10 +287,6 @@ def _equal_split(done):
 
 
 def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
-    import warnings
-
-    from optuna.visualization import matplotlib as ov
-
     written = []
     makers = [("pareto_front.png", lambda: ov.plot_pareto_front(study, target_names=["safety", "tokens"]))] if multi \
         else [("optimization_history.png", lambda: ov.plot_optimization_history(study)),
@@ -311,8 +301,6 @@ def _plots(study, out_dir: Path, multi: bool) -> list[Path]:
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
         path = save_figure(fig, out_dir / name)
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
         written.append(path)
     return written
@@ -330,10 +318,9 @@ def _f(v) -> str:
 # --- CLI -----------------------------------------------------------------------------------------------------
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from compose.cli import add_model_arguments
-
     p.add_argument("--risks", help="risks to share the budget, e.g. tox,bias,harm (or `risks:` in --config)")
-    p.add_argument("--strategy", help="strategy of every trial (default stacked)")
+    p.add_argument("--strategy", help=f"strategy of every trial (default {config_mod.SEARCH_STRATEGY}: each risk owns "
+                                      f"a block, so how the tokens are shared matters)")
     add_model_arguments(p)
     p.add_argument("--preset", default=None, help="settings of every trial's run (default quick)")
     p.add_argument("--config", help="YAML run config for every trial (flags override it)")
@@ -353,8 +340,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=int)
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--output-dir", help="default runs/search-STRATEGY-RISKS-BUDGET")
-    p.add_argument("--force", action="store_true", help="write into an --output-dir that is not a search folder")
+    add_out_argument(p, "search folder (default runs/search-STRATEGY-RISKS-BUDGET)")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that is not a search folder")
 
 
 def main(args) -> int:
@@ -370,12 +357,12 @@ def main(args) -> int:
     if bad:
         raise ComposeError(f"unknown --space entry '{bad[0]}'; valid: beta, lr, replay")
     file = config_mod.load_config_file(args.config) if args.config else {}
-    strategy = args.strategy or file.get("strategy") or "stacked"
-    base = config_mod.resolve(file, risks=args.risks, strategy=strategy, model=args.model, dtype=args.dtype,
+    strategy = args.strategy or file.get("strategy") or config_mod.SEARCH_STRATEGY
+    base = resolve(file, risks=args.risks, strategy=strategy, model=args.model, dtype=args.dtype,
                               preset=args.preset, seed=args.seed, train_limit=args.train_limit,
                               eval_limit=args.eval_limit)
-    out = Path(args.output_dir or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
-    check_output_dir(out, "--output-dir", command="search", force=args.force,
+    out = Path(args.out or f"runs/search-{base.strategy}-{'-'.join(base.risks)}-{args.budget}")
+    check_output_dir(out, "--out", command="search", force=args.force,
                      inputs=[args.config] if args.config else [],
                      owned=lambda p: (p / "search.json").is_file() or (p / "study.db").is_file())  # older searches
     summary = search(base, args.budget, args.trials, out, args.storage, args.study, args.min_tokens,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compose import config as config_mod
+from compose.cli.config import resolve, resolve_order, risk_constraints
 from compose.errors import ComposeError
+from compose.graph import build_graph, draw_graph
+from compose.io import check_output_file, png_written_by_compose
+from compose.schema import Field, check_fields, read_checked
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,19 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from compose import config as config_mod
-    from compose.graph import build_graph, draw_graph
-    from compose.io import check_output_file, png_written_by_compose
-    from compose.schema import Field, check_fields, read_checked
-    from compose.run import resolve_order, risk_constraints
-
     target = Path(args.target)
     path = target / "config.yaml" if target.is_dir() else target
     if not path.is_file():
         raise ComposeError(f"'{target}' is neither a run folder (with config.yaml) nor a config file")
     out = check_output_file(args.out or path.parent / "graph.png", "--out", force=args.force, inputs=[path],
                             owned=png_written_by_compose)
-    cfg = config_mod.resolve(config_mod.load_config_file(path))
+    cfg = resolve(config_mod.load_config_file(path))
     constraints = risk_constraints(cfg)
     order = resolve_order(cfg)
     auto = target / "order.json" if target.is_dir() else None

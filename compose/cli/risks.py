@@ -1,0 +1,60 @@
+"""``compose risks``: the registered risks, and a check of their data (``--check-data``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compose.cli.config import DATA_HELP, build_risks, parse_data_args
+from compose.cli.eval import DEFAULT_RISKS
+from risks import list_risks
+from risks.data import overlaps
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the full info of every risk as JSON")
+    p.add_argument("--check-data", action="store_true",
+                   help="check that no prompt is in two splits (exact or near duplicates of normalised text): list "
+                        "what was removed from given data and what is left; exit status 1 when any is left")
+    p.add_argument("--risks", default=DEFAULT_RISKS, help="risks to check with --check-data")
+    p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
+
+
+def check_data(risks: list) -> int:
+    """Print every risk's split sizes and cross-split duplicates; the number of duplicates left."""
+    left_total = 0
+    for risk in risks:
+        risk.data_sizes()  # loads every split
+        splits = dict(risk.raw_splits)  # compared before the risk's prompt template
+        left = overlaps(splits)
+        left_total += len(left)
+        sizes = ", ".join(f"{s} {len(p)}" for s, p in splits.items())
+        print(f"{risk.name}: {sizes}; {len(risk.removed_overlaps)} cross-split duplicates removed from the given "
+              f"data, {len(left)} left")
+        for sa, pa, sb, pb in (risk.removed_overlaps[:3] + left[:3]):
+            print(f"  {sa}: {pa[:70]!r}  ~  {sb}: {pb[:70]!r}")
+    return left_total
+
+
+def main(args) -> int:
+    if args.check_data:
+        risks = build_risks(args.risks, parse_data_args(args.data), {})
+        return 1 if check_data(risks) else 0
+
+    rows = list_risks()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        sizes = ", ".join(f"{k} {v}" for k, v in r["data"].items())
+        aliases = f" (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']}{aliases}  [{r['origin']}]")
+        print(f"  {r['description']}")
+        print(f"  data     {sizes}")
+        print(f"  teacher  {r['teacher']}")
+        print(f"  metric   {r['metric']}")
+        print(f"  patch    {r['default_tokens']} tokens, init '{r['init_text']}'")
+        for key in ("after", "requires", "conflicts"):
+            if r[key]:
+                print(f"  {key:<8} {', '.join(r[key])}")
+    return 0

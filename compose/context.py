@@ -1,0 +1,314 @@
+"""What a strategy works with during a run: ``RunContext`` (the one base model in memory, the run's risks and
+their training data, training, evaluation, the forgetting matrix, cached specialists) and ``Stage`` (one stage
+folder: restored when finished, else trained, evaluated and saved).
+
+The application (``compose.cli.run``) builds the context from a resolved ``RunConfig``: it looks the risks up
+in their registry and hands the instances in, so this module knows nothing of ``risks/`` or ``strategies/``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from compose.artifact import patch_matrix, save_patch
+from compose.config import CONSTRAINT_KINDS, RunConfig
+from compose.data import TrainingData, build_training_data
+from compose.evaluate import evaluate_risks
+from compose.forgetting import ForgettingMatrix
+from compose.io import atomic_write_json
+from compose.models import cache_dir
+from compose.patch import Segment, attach_patch, get_prompt, set_prompt
+from compose.schema import STAGE, read_checked, read_evals
+from compose.train import DecisionProbe, Reference, train_dpo, train_sft
+
+log = logging.getLogger("compose.run")
+
+# Part of every cache key (teacher data, base evaluations, specialists): bump it when a change to the code that
+# builds training data or computes metrics makes earlier cached results stale.
+CACHE_VERSION = "3"
+
+
+class Stage:
+    """One finished-or-not stage of a run, stored under ``stages/NN-NAME``."""
+
+    def __init__(self, ctx: RunContext, index: int, name: str):
+        self.ctx, self.index, self.name = ctx, index, name
+        self.dir = ctx.out_dir / "stages" / f"{index:02d}-{name}"
+        self.start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "stage.json").is_file()
+
+    def restore(self, model, kind: str = "stage", trained: str | None = "") -> bool:
+        """Load a finished stage's patch into ``model`` and its row into the matrix; False when not finished."""
+        if not self.done:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a stage killed half-way is redone from scratch
+            self.start = time.perf_counter()
+            return False
+        remedy = f"delete {self.dir} to redo the stage"
+        info = read_checked(self.dir / "stage.json", STAGE, "stage marker", remedy)
+        evals = read_evals(self.dir / "eval.json", "stage evaluation", remedy)
+        weights, _ = patch_matrix(self.dir / "patch")
+        set_prompt(model, weights)
+        self.ctx.add_row(self.name, evals, kind, self._trained(trained), info.get("seconds"))
+        log.info(f"stage {self.index} ({self.name}): finished earlier, loaded from {self.dir}")
+        return True
+
+    def _trained(self, trained):
+        return self.name if trained == "" else trained
+
+    def finish(self, model, segments: list[Segment], training: dict, kind: str = "stage",
+               trained: str | None = "") -> None:
+        """Evaluate the stage's model on every risk, then write the patch, evaluation and marker (last)."""
+        self.ctx.mark(f"{self.name}: trained")
+        evals = self.ctx.evaluate(model, desc=f"evaluating after {self.name}")
+        self.ctx.mark(f"{self.name}: evaluated")
+        seconds = time.perf_counter() - self.start
+        self.ctx.save_patch(model, self.dir / "patch", segments, f"{self.ctx.run_name}-{self.name}", training, evals)
+        atomic_write_json(self.dir / "eval.json", evals)
+        self.ctx.add_row(self.name, evals, kind, self._trained(trained), seconds)
+        atomic_write_json(self.dir / "stage.json", {"index": self.index, "name": self.name, "seconds": seconds,
+                                                    "training": training})
+
+
+class RunContext:
+    """The one base model in memory, the run's risks, their data, stages and the forgetting matrix.
+
+    ``risks`` maps every risk of the run (canonical name) to its instance; ``constraints`` maps it to its
+    ``after`` / ``requires`` / ``conflicts`` (written into every saved patch); ``on_row`` is called with the matrix
+    after every row (e.g. to report to an Optuna pruner).
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, loaded, order: list[str], risks: dict,
+                 constraints: dict[str, dict] | None = None, on_row=None):
+        self.cfg, self.out_dir, self.loaded, self.order = cfg, Path(out_dir), loaded, list(order)
+        self.risks, self.constraints, self.on_row = risks, constraints or {}, on_row
+        self.run_name = self.out_dir.name
+        self.matrix = ForgettingMatrix(self.order)
+        self._data: dict = {}
+        self.timings: dict[str, float] = {}
+        self.memory: dict[str, float] = {}  # peak resident memory (MiB) so far, after each phase
+        self.phases: dict[str, float] = {}  # seconds of each phase, keyed by the mark that ends it
+        self._last_mark = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        """Record the peak memory so far, after handing freed memory back to the system (phases allocate
+        tensors of many shapes; without this, glibc keeps the freed pages and each phase starts higher), and the
+        seconds since the previous mark: where a run's wall time goes."""
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self._last_mark, 2)
+        self._last_mark = now
+        release_memory()
+        self.memory[phase] = round(peak_rss_mb(), 1)
+
+    # -- risks and data ----------------------------------------------------------------------------------
+    def risk(self, name: str):
+        return self.risks[name]
+
+    def data(self, name: str) -> TrainingData:
+        """The risk's training data, built once from the base model (cached across runs)."""
+        if name in self._data:
+            return self._data[name]
+        local = self.out_dir / "data" / f"{name}.json"
+        key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety", suffix="-" + self._data_key(name))
+        cached = cache_dir() / "data" / f"{self.loaded.fingerprint.split(':')[-1]}-{name}-{key}.json"
+        for path in (local, cached):
+            if path.is_file():
+                data = TrainingData.load(path)
+                break
+        else:
+            start = time.perf_counter()
+            torch.manual_seed(self.cfg.seed)
+            data = build_training_data(self.risk(name), self.loaded.model, self.loaded.tokenizer, split="train",
+                                       limit=self.cfg.train_limit, retain_limit=self.cfg.retain_limit,
+                                       margin=self.cfg.margin, min_chosen_safety=self.cfg.min_chosen_safety,
+                                       desc=f"building {name} data")
+            self.timings[f"data/{name}"] = time.perf_counter() - start
+            data.save(cached)
+        if not local.is_file():
+            data.save(local)
+        self._data[name] = data
+        log.info(f"{name} data: {len(data.sft)} SFT examples, {len(data.pairs)} pairs ({_stats(data.stats)})")
+        return data
+
+    def _cache_key(self, *settings: str, suffix: str = "") -> str:
+        """Key of a cached result: the cache version and a hash of the settings it depends on."""
+        return f"v{CACHE_VERSION}-{self.cfg.digest(*settings)}{suffix}"
+
+    def _data_key(self, name: str) -> str:
+        src = {"data": self.cfg.data.get(name), "teacher": self.risk(name).teacher.describe()}
+        return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    # -- patches and training ----------------------------------------------------------------------------
+    def new_patch(self, tokens: int, init_text: str | None = None, init: torch.Tensor | None = None):
+        return attach_patch(self.loaded.model, self.loaded.tokenizer, num_tokens=tokens,
+                            init_text=init_text or "Generate safe responses.", init=init)
+
+    @staticmethod
+    def shared_segments(tokens: int, risks: list[str]) -> list[Segment]:
+        """Segments of a patch trained on several risks together: every risk uses every token."""
+        return [Segment(r, 0, tokens) for r in risks]
+
+    def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
+              frozen_rows: slice | None = None, desc: str = "training") -> dict:
+        # held back from training and watched: does the patch take the teacher's decision on risk prompts it
+        # never saw, and keep the base model's answer on benign ones?
+        held_out = {source: held_back(sft, self.cfg.train.probe_examples, source) for source in ("risk", "retain")}
+        held = {e["prompt"] for examples in held_out.values() for e in examples}
+        sft = [e for e in sft if e["prompt"] not in held]
+        pairs = [p for p in pairs if p["prompt"] not in held]
+        log.info(f"{desc}: {len(sft)} SFT examples, {len(pairs)} pairs, {len(held)} held back to watch the decision")
+        torch.manual_seed(self.cfg.seed)
+        watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
+                    for source, examples in held_out.items() if examples]
+        s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
+                      probe=watchers)
+        if self.cfg.train.dpo_reference == "sft" and s.steps:
+            # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
+            # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
+            # undoes what SFT taught (measured: the refusal's first-token probability 0.77 -> 0.22).
+            reference = Reference(prefix=get_prompt(model))
+        d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
+                      frozen_rows=frozen_rows, desc=desc)
+        if d.steps:
+            d.probes = [w.measure(s.steps + d.steps) for w in watchers]  # the decision after DPO too
+        for r in (s, d):
+            log.info(f"  {r.summary()}")
+        return {"sft": s.to_dict(), "dpo": d.to_dict()}
+
+    def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):
+        metrics = {r: {"safety": m["safety"], "raw": m["raw"]} for r, m in (evals or {}).items()}
+        risks = {s.risk for s in segments}
+        cons = {k: sorted({x for r in risks for x in self.constraints.get(r, {}).get(k, [])})
+                for k in CONSTRAINT_KINDS}
+        save_patch(model, path, name=name, segments=segments, base_model=self.cfg.model,
+                   fingerprint=self.loaded.fingerprint, training={"strategy": self.cfg.strategy,
+                                                                  "preset": self.cfg.preset, **self.cfg.train.to_dict(),
+                                                                  "stages": training or {}},
+                   metrics=metrics, **cons)
+
+    # -- evaluation and the matrix -----------------------------------------------------------------------
+    def evaluate(self, model, desc: str = "evaluating", risks: list[str] | None = None) -> dict:
+        """Evaluate ``model`` on ``risks`` (default: every risk of the run)."""
+        log.info(desc)
+        results = evaluate_risks(model, self.loaded.tokenizer, [self.risk(r) for r in risks or self.order],
+                                 limit=self.cfg.eval_limit)
+        return {r: m.to_dict() for r, m in results.items()}
+
+    def base_row(self) -> None:
+        """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
+        key = self._cache_key("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
+        path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
+        cached = read_evals(path, "cached evaluation", "delete it to rebuild the cache") if path.is_file() else {}
+        missing = [r for r in self.order if r not in cached]
+        start = time.perf_counter()
+        if missing:
+            results = evaluate_risks(self.loaded.model, self.loaded.tokenizer, [self.risk(r) for r in missing],
+                                     limit=self.cfg.eval_limit)
+            cached.update({r: m.to_dict() for r, m in results.items()})
+            atomic_write_json(path, cached)
+        evals = {r: cached[r] for r in self.order}
+        atomic_write_json(self.out_dir / "stages" / "00-base.json", evals)
+        self.add_row("base", evals, "base", None, time.perf_counter() - start)
+
+    def add_row(self, name: str, evals: dict, kind: str, trained: str | None, seconds: float | None) -> None:
+        fluency = {f"{r}_perplexity": m["fluency"].get("perplexity") for r, m in evals.items()
+                   if m.get("fluency", {}).get("perplexity") is not None}
+        if fluency:
+            fluency["perplexity"] = sum(fluency.values()) / len(fluency)
+        self.matrix.add_row(name, {r: evals[r]["safety"] for r in self.order},
+                            raw={r: evals[r]["raw"] for r in self.order},
+                            directions={r: evals[r]["directions"] for r in self.order},
+                            fluency=fluency, seconds=seconds, kind=kind, trained=trained,
+                            intervals={r: evals[r].get("intervals", {}) for r in self.order},
+                            items={r: evals[r].get("items", {}) for r in self.order},
+                            digests={r: evals[r].get("prompts_digest", "") for r in self.order})
+        if self.on_row is not None:
+            self.on_row(self.matrix)
+
+    def specialist(self, risk: str) -> torch.Tensor:
+        """A single-risk patch trained from the base model (reused from the run folder or the cache)."""
+        local = self.out_dir / "specialists" / risk
+        key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
+                              "margin", "min_chosen_safety", "train", "eval_limit", "data", suffix=self._data_key(risk))
+        cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
+                                               f"{self.cfg.tokens[risk]}-{key}"
+        for path in (local, cached):
+            if (path / "eval.json").is_file():
+                remedy = f"delete {path} to train the specialist again"
+                evals = read_evals(path / "eval.json", "specialist evaluation", remedy)
+                info = read_checked(path / "stage.json", STAGE, "specialist marker", remedy)
+                weights, _ = patch_matrix(path / "patch")
+                missing = [r for r in self.order if r not in evals]
+                if missing:  # trained by a run of fewer risks: evaluate it on this run's other risks too
+                    evals.update(self.evaluate(self.new_patch(weights.shape[0], init=weights), risks=missing,
+                                               desc=f"evaluating the {risk} specialist on {', '.join(missing)}"))
+                    atomic_write_json(path / "eval.json", evals)
+                self.add_row(f"{risk} specialist", evals, "specialist", risk, info.get("seconds"))
+                if path != local:
+                    shutil.copytree(path, local, dirs_exist_ok=True)
+                log.info(f"{risk} specialist: reused from {path}")
+                return weights
+        start = time.perf_counter()
+        model = self.new_patch(self.cfg.tokens[risk], init_text=self.risk(risk).init_text)
+        data = self.data(risk)
+        training = self.train(model, data.sft, data.pairs, desc=f"{risk} specialist")
+        self.mark(f"{risk} specialist: trained")
+        evals = self.evaluate(model, desc=f"evaluating the {risk} specialist")
+        self.mark(f"{risk} specialist: evaluated")
+        seconds = time.perf_counter() - start
+        self.save_patch(model, cached / "patch", [Segment(risk, 0, self.cfg.tokens[risk])],
+                        f"{risk}-specialist", training, evals)
+        atomic_write_json(cached / "eval.json", evals)
+        atomic_write_json(cached / "stage.json", {"seconds": seconds, "training": training})
+        shutil.copytree(cached, local, dirs_exist_ok=True)
+        self.add_row(f"{risk} specialist", evals, "specialist", risk, seconds)
+        return get_prompt(model)
+
+    def composed_row(self, model, segments, info: dict) -> None:
+        stage = Stage(self, len(self.order) + 1, "composed")
+        if not stage.restore(model, kind="composed", trained=None):
+            stage.finish(model, segments, info, kind="composed", trained=None)
+
+    def stage(self, index: int, name: str) -> Stage:
+        return Stage(self, index, name)
+
+
+def held_back(sft: list[dict], n: int, source: str = "risk") -> list[dict]:
+    """The last ``n`` examples of ``source`` in ``sft`` (at most a fifth of them), kept out of training to be
+    watched."""
+    examples = [e for e in sft if e.get("source") == source]
+    return examples[len(examples) - min(n, len(examples) // 5):] if n > 0 else []
+
+
+def _stats(stats: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): the allocator keeps its pages, only the peak figure is recorded
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
