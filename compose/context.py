@@ -39,27 +39,38 @@ CACHE_VERSION = "3"
 
 
 class Stage:
-    """One finished-or-not stage of a run, stored under ``stages/NN-NAME``."""
+    """One finished-or-not stage of a run: by default ``stages/NN-NAME`` in the run folder; a specialist's stage
+    lives in the cache (``folder``) and is named for its risk, not the run (``patch_name``)."""
 
-    def __init__(self, ctx: RunContext, index: int, name: str):
-        self.ctx, self.index, self.name = ctx, index, name
-        self.dir = ctx.out_dir / "stages" / f"{index:02d}-{name}"
+    def __init__(self, ctx: RunContext, index: int | None, name: str, folder: Path | None = None,
+                 patch_name: str | None = None, what: str = "stage"):
+        self.ctx, self.index, self.name, self.what = ctx, index, name, what
+        self.dir = Path(folder) if folder is not None else ctx.out_dir / "stages" / f"{index:02d}-{name}"
+        self.patch_name = patch_name or f"{ctx.run_name}-{name}"
         self.start = time.perf_counter()
 
     @property
     def done(self) -> bool:
         return (self.dir / "stage.json").is_file()
 
+    def read(self) -> tuple[torch.Tensor, dict, dict] | None:
+        """A finished stage's patch weights, evaluation and marker; None when it is not finished."""
+        if not self.done:
+            return None
+        remedy = f"delete {self.dir} to redo the {self.what}"
+        info = read_checked(self.dir / "stage.json", STAGE, f"{self.what} marker", remedy)
+        evals = read_evals(self.dir / "eval.json", f"{self.what} evaluation", remedy)
+        weights, _ = patch_matrix(self.dir / "patch")
+        return weights, evals, info
+
     def restore(self, model, kind: str = "stage", trained: str | None = "") -> bool:
         """Load a finished stage's patch into ``model`` and its row into the matrix; False when not finished."""
-        if not self.done:
+        found = self.read()
+        if found is None:
             shutil.rmtree(self.dir, ignore_errors=True)  # a stage killed half-way is redone from scratch
             self.start = time.perf_counter()
             return False
-        remedy = f"delete {self.dir} to redo the stage"
-        info = read_checked(self.dir / "stage.json", STAGE, "stage marker", remedy)
-        evals = read_evals(self.dir / "eval.json", "stage evaluation", remedy)
-        weights, _ = patch_matrix(self.dir / "patch")
+        weights, evals, info = found
         set_prompt(model, weights)
         self.ctx.add_row(self.name, evals, kind, self._trained(trained), info.get("seconds"))
         log.info(f"stage {self.index} ({self.name}): finished earlier, loaded from {self.dir}")
@@ -75,7 +86,7 @@ class Stage:
         evals = self.ctx.evaluate(model, desc=f"evaluating after {self.name}")
         self.ctx.mark(f"{self.name}: evaluated")
         seconds = time.perf_counter() - self.start
-        self.ctx.save_patch(model, self.dir / "patch", segments, f"{self.ctx.run_name}-{self.name}", training, evals)
+        self.ctx.save_patch(model, self.dir / "patch", segments, self.patch_name, training, evals)
         atomic_write_json(self.dir / "eval.json", evals)
         self.ctx.add_row(self.name, evals, kind, self._trained(trained), seconds)
         atomic_write_json(self.dir / "stage.json", {"index": self.index, "name": self.name, "seconds": seconds,
@@ -239,42 +250,34 @@ class RunContext:
             self.on_row(self.matrix)
 
     def specialist(self, risk: str) -> torch.Tensor:
-        """A single-risk patch trained from the base model (reused from the run folder or the cache)."""
+        """A single-risk patch trained from the base model (reused from the run folder or the cache): a stage
+        kept in the cache, so that runs of every strategy on the same settings share it."""
+        name = f"{risk} specialist"
         local = self.out_dir / "specialists" / risk
         key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
                               "margin", "min_chosen_safety", "train", "eval_limit", "data", suffix=self._data_key(risk))
         cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
                                                f"{self.cfg.tokens[risk]}-{key}"
         for path in (local, cached):
-            if (path / "eval.json").is_file():
-                remedy = f"delete {path} to train the specialist again"
-                evals = read_evals(path / "eval.json", "specialist evaluation", remedy)
-                info = read_checked(path / "stage.json", STAGE, "specialist marker", remedy)
-                weights, _ = patch_matrix(path / "patch")
+            found = Stage(self, None, name, folder=path, what="specialist").read()
+            if found is not None:
+                weights, evals, info = found
                 missing = [r for r in self.order if r not in evals]
                 if missing:  # trained by a run of fewer risks: evaluate it on this run's other risks too
                     evals.update(self.evaluate(self.new_patch(weights.shape[0], init=weights), risks=missing,
                                                desc=f"evaluating the {risk} specialist on {', '.join(missing)}"))
                     atomic_write_json(path / "eval.json", evals)
-                self.add_row(f"{risk} specialist", evals, "specialist", risk, info.get("seconds"))
+                self.add_row(name, evals, "specialist", risk, info.get("seconds"))
                 if path != local:
                     shutil.copytree(path, local, dirs_exist_ok=True)
                 log.info(f"{risk} specialist: reused from {path}")
                 return weights
-        start = time.perf_counter()
+        stage = Stage(self, None, name, folder=cached, patch_name=f"{risk}-specialist", what="specialist")
         model = self.new_patch(self.cfg.tokens[risk], init_text=self.risk(risk).init_text)
         data = self.data(risk)
-        training = self.train(model, data.sft, data.pairs, desc=f"{risk} specialist")
-        self.mark(f"{risk} specialist: trained")
-        evals = self.evaluate(model, desc=f"evaluating the {risk} specialist")
-        self.mark(f"{risk} specialist: evaluated")
-        seconds = time.perf_counter() - start
-        self.save_patch(model, cached / "patch", [Segment(risk, 0, self.cfg.tokens[risk])],
-                        f"{risk}-specialist", training, evals)
-        atomic_write_json(cached / "eval.json", evals)
-        atomic_write_json(cached / "stage.json", {"seconds": seconds, "training": training})
+        training = self.train(model, data.sft, data.pairs, desc=name)
+        stage.finish(model, [Segment(risk, 0, self.cfg.tokens[risk])], training, kind="specialist", trained=risk)
         shutil.copytree(cached, local, dirs_exist_ok=True)
-        self.add_row(f"{risk} specialist", evals, "specialist", risk, seconds)
         return get_prompt(model)
 
     def composed_row(self, model, segments, info: dict) -> None:

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import logging
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
@@ -260,8 +261,9 @@ def strategies_help() -> str:
 
 def train_help() -> str:
     """The training settings (``--train KEY=VALUE``) with their defaults."""
-    fields = [f"{f.name}={f.default}" for f in dataclasses.fields(TrainConfig)]
-    return "training settings (--train KEY=VALUE; defaults before the preset's):\n  " + ", ".join(fields)
+    fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(TrainConfig))
+    return "training settings (--train KEY=VALUE; defaults before the preset's):\n" + textwrap.fill(
+        fields, width=110, initial_indent="  ", subsequent_indent="  ")
 
 
 def main(args) -> int:
