@@ -17,6 +17,7 @@ import yaml
 
 from compose.errors import ComposeError, suggest
 from compose.io import atomic_write_text
+from compose.replay import DEFAULT_SHARE
 from compose.schema import Field, check_fields, kind_of
 from compose.train import TrainConfig
 
@@ -53,7 +54,7 @@ class RunConfig:
     dtype: str = "auto"
     preset: str = DEFAULT_PRESET
     tokens: dict[str, int] = field(default_factory=dict)
-    replay: float = 0.25
+    replay: float = DEFAULT_SHARE  # the option of the strategies with replay (compose.replay.ReplayOptions)
     seed: int = 0
     order: str = "given"  # "given" (dependency graph, ties in the user's order) or "auto" (measured interference)
     train_limit: int = 48
@@ -61,6 +62,7 @@ class RunConfig:
     eval_limit: int = 32
     max_new_tokens: int = 32
     samples: int = 2
+    # the options of the merged strategy (strategies.merged.MergeOptions; its contract test checks they agree)
     merge: dict = field(default_factory=lambda: {"method": "average", "weights": None, "density": 0.5})
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # risk -> split -> file or dataset id
     constraints: dict[str, dict] = field(default_factory=dict)  # risk -> {after, requires, conflicts}

@@ -1,7 +1,8 @@
 """Replay: a buffer of earlier risks' training examples mixed into each later stage (sequential-replay, stacked).
 
 ``Replay`` is the piece the stage loop (``compose.strategy``) uses for any strategy whose options have a
-``replay`` share; ``ReplayBuffer`` is the buffer itself.
+``replay`` share (``ReplayOptions``: a strategy with replay declares ``Options = ReplayOptions``);
+``ReplayBuffer`` is the buffer itself.
 
 The buffer keeps, per risk, the SFT examples and DPO preference pairs that risk was trained on. ``mix``
 adds a reproducible sample of them to a new stage's data so that the replayed items make up about
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from compose.errors import ComposeError
 from compose.io import atomic_write_json
 
 KINDS = ("sft", "pairs")
+DEFAULT_SHARE = 0.25
 FORMAT = 1
 
 
@@ -159,3 +163,18 @@ class Replay:
     def save(self, path) -> None:
         if self.share > 0:
             self.buffer.save(path)
+
+
+@dataclass
+class ReplayOptions:
+    """The option of a strategy with replay (the run config's top-level ``replay``): the stage loop replays when
+    a strategy's ``Options`` has it."""
+
+    section: ClassVar[str | None] = None
+    replay: float = field(default=DEFAULT_SHARE, metadata={"help": "share of each later stage's data replayed from "
+                                                          "earlier risks, in [0, 1) (0: no replay)"})
+
+    def __post_init__(self):
+        if isinstance(self.replay, bool) or not isinstance(self.replay, (int, float)) or not 0 <= self.replay < 1:
+            raise ComposeError(f"replay share must be in [0, 1), got {self.replay}")
+        self.replay = float(self.replay)

@@ -2,25 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
-from compose.errors import ComposeError
+from compose.replay import ReplayOptions
 from compose.strategy import StagePlan, Strategy
-
-
-@dataclass
-class ReplayOptions:
-    """Options of the strategies with replay (the run config's top-level ``replay``)."""
-
-    section: ClassVar[str | None] = None
-    replay: float = field(default=0.25, metadata={"help": "share of each later stage's data replayed from "
-                                                          "earlier risks, in [0, 1) (0: no replay)"})
-
-    def __post_init__(self):
-        if isinstance(self.replay, bool) or not isinstance(self.replay, (int, float)) or not 0 <= self.replay < 1:
-            raise ComposeError(f"replay share must be in [0, 1), got {self.replay}")
-        self.replay = float(self.replay)
 
 
 class Sequential(Strategy):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from compose.patch import get_prompt, init_from_text, segments_for
+from compose.replay import ReplayOptions
 from compose.strategy import StagePlan, Strategy
 from compose.train import Reference
-from strategies.sequential import ReplayOptions
 
 
 class Stacked(Strategy):
