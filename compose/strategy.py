@@ -132,11 +132,15 @@ def options_from_config(cls: type[Strategy], config: dict):
     """The ``Options`` of strategy ``cls`` read from a run config (as a dict): its section, or the top level."""
     section = cls.Options.section
     source = (config.get(section) or {}) if section else config
-    values = {f.name: source[f.name] for f in option_fields(cls) if f.name in source}
+    return make_options(cls, {f.name: source[f.name] for f in option_fields(cls) if f.name in source})
+
+
+def make_options(cls: type[Strategy], values: dict):
+    """``cls.Options(**values)``, with what its validation refuses as a one-line ``ComposeError``."""
     try:
         return cls.Options(**values)
     except (TypeError, ValueError) as exc:
-        raise ComposeError(f"invalid option of strategy '{cls.name}': {exc}") from exc
+        raise ComposeError(f"invalid options of strategy '{cls.name}': {exc}") from exc
 
 
 def describe_options(cls: type[Strategy]) -> list[str]:

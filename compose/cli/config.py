@@ -18,7 +18,7 @@ from compose.errors import ComposeError, suggest
 from compose.generation import MAX_SAMPLES
 from compose.graph import resolve_order as topological_order
 from compose.schema import Field, check_fields, kind_of
-from compose.strategy import option_fields
+from compose.strategy import make_options, option_fields
 from compose.train import TrainConfig
 from risks import canonical_name, get_risk, risk_class
 from risks.base import POOL, SPLITS
@@ -139,7 +139,7 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
     dupes = sorted({r for r in risks if risks.count(r) > 1})
     if dupes:
         raise ComposeError(f"risk '{dupes[0]}' is named twice in --risks {','.join(raw_risks)}")
-    given = {**file, **{k: flags[k] for k in STRATEGY_SETTINGS if k in flags}}  # keyword flags: as in a file
+    given = {**file, **{k: flags[k] for k in FLAGS.values() if k in flags}}  # keyword flags: as in a file
     merged.update(check_strategy_options(merged.get("strategy", DEFAULT_STRATEGY), given, options or {}))
 
     tokens_in = merged.get("tokens")
@@ -175,7 +175,8 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
 
 def check_strategy_options(name: str, file: dict, options: dict[str, dict]) -> dict:
     """The run settings that hold strategy ``name``'s options (``replay``; ``merge``), with the command line's
-    ``options`` applied over the config file's; validated by the strategy's ``Options`` dataclass.
+    ``options`` (keyed by the flag that set them: ``--option``, ``--replay``, ``--merge``) applied over the config
+    file's; validated by the strategy's ``Options`` dataclass.
 
     A setting the strategy does not use is refused: from the command line always, from ``file`` (the config
     file's settings) when it differs from its default (a run's saved config.yaml holds every setting).
@@ -185,51 +186,37 @@ def check_strategy_options(name: str, file: dict, options: dict[str, dict]) -> d
     section = cls.Options.section
     defaults = RunConfig(risks=[])
     values = dict(file.get(section) or {}) if section else {k: file[k] for k in valid if k in file}
-    for setting in STRATEGY_SETTINGS:
+    for setting in FLAGS.values():
         if setting in file and file[setting] != getattr(defaults, setting) and not _uses(cls, setting):
             raise ComposeError(f"the config file sets '{setting}', which strategy '{name}' does not use; strategies "
                                f"that use it: {', '.join(_users(setting))}")
     for how, given in options.items():
+        if how in FLAGS and not _uses(cls, FLAGS[how]):
+            raise ComposeError(f"{how} is not used by strategy '{name}'; strategies that use it: "
+                               f"{', '.join(_users(FLAGS[how]))}")
         for key, value in given.items():
             if key not in valid:
-                setting = next((s for s in STRATEGY_SETTINGS if key == s or key in _setting_keys(s)), None)
-                if how != "--option" and setting is not None:
-                    raise ComposeError(f"{how} is not used by strategy '{name}'; strategies that use it: "
-                                       f"{', '.join(_users(setting))}")
                 raise ComposeError(f"unknown option '{key}' of strategy '{name}'{suggest(key, valid)}; valid: "
                                    f"{', '.join(valid) or 'none (it has no options)'} (see `compose strategies`)")
             values[key] = value
-    opts = dataclasses.asdict(options_of(cls, values))
+    opts = dataclasses.asdict(make_options(cls, values))
     if section:
         return {section: {**getattr(defaults, section), **opts}}
     return opts
 
 
-# run settings that hold some strategies' options: the top-level ``replay``, the ``merge`` mapping
-STRATEGY_SETTINGS = ("replay", "merge")
-
-
-def _setting_keys(setting: str) -> list[str]:
-    value = getattr(RunConfig(risks=[]), setting)
-    return list(value) if isinstance(value, dict) else [setting]
+# the flags of single options, and the run setting each one's option lives in
+FLAGS = {"--replay": "replay", "--merge": "merge"}
 
 
 def _uses(cls, setting: str) -> bool:
-    fields = [f.name for f in option_fields(cls)]
-    return cls.Options.section == setting if isinstance(getattr(RunConfig(risks=[]), setting), dict) \
-        else cls.Options.section is None and setting in fields
+    """True when strategy class ``cls`` reads the run setting ``setting`` (its section, or a top-level option)."""
+    section = cls.Options.section
+    return section == setting or (section is None and setting in [f.name for f in option_fields(cls)])
 
 
 def _users(setting: str) -> list[str]:
     return [n for n, c in STRATEGIES.items() if _uses(c, setting)]
-
-
-def options_of(cls, values: dict):
-    """``cls.Options(**values)``, its own errors as one-line ``ComposeError``s."""
-    try:
-        return cls.Options(**values)
-    except TypeError as exc:
-        raise ComposeError(f"invalid options of strategy '{cls.name}': {exc}") from exc
 
 
 def parse_assignments(items: list[str], flag: str) -> dict:
