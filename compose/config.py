@@ -69,6 +69,8 @@ class RunConfig:
     margin: float = 0.2
     min_chosen_safety: float = 0.5
     train: TrainConfig = field(default_factory=TrainConfig)
+    # risk -> training settings that differ for that risk's stages (a preset's recipe per risk; see train_for)
+    risk_train: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -83,6 +85,15 @@ class RunConfig:
         d = self.to_dict()
         d = {k: d[k] for k in keys} if keys else d
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def train_for(self, risks: list[str] | None) -> TrainConfig:
+        """The training settings of a stage that learns ``risks``' data: ``train`` with the ``risk_train``
+        settings every one of those risks shares (a joint stage of risks whose recipes differ keeps ``train``)."""
+        overrides = [self.risk_train.get(r, {}) for r in risks or []]
+        if not overrides:
+            return self.train
+        common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides[1:])}
+        return dataclasses.replace(self.train, **common) if common else self.train
 
     @property
     def total_tokens(self) -> int:
@@ -108,6 +119,11 @@ def check_settings(d: dict, where: str) -> dict:
         "retain_limit": Field("int", required=False, minimum=0), "train": Field("dict", required=False), **limit}),
         where)
     check_fields(d.get("train") or {}, settings_schema(TrainConfig, {}), f"{where}, train")
+    for risk, train in (d.get("risk_train") or {}).items():
+        if not isinstance(train, dict):
+            raise ComposeError(f"{where}: risk_train.{risk} must be a mapping of training settings, e.g. "
+                               f"{{sft_lr: 0.03}}")
+        check_fields(train, settings_schema(TrainConfig, {}), f"{where}, risk_train.{risk}")
     check_fields(d.get("merge") or {}, {"method": Field("str", required=False), "weights": Field("any", required=False),
                                         "density": Field("number", required=False, minimum=0, maximum=1)},
                  f"{where}, merge")

@@ -173,10 +173,12 @@ class RunContext:
         return [Segment(r, 0, tokens) for r in risks]
 
     def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
-              frozen_rows: slice | None = None, desc: str = "training") -> dict:
+              frozen_rows: slice | None = None, desc: str = "training", risks: list[str] | None = None) -> dict:
+        """SFT then DPO on ``sft`` / ``pairs``, with the training settings of a stage that learns ``risks``."""
+        config = self.cfg.train_for(risks)
         # held back from training and watched: does the patch take the teacher's decision on risk prompts it
         # never saw, and keep the base model's answer on benign ones?
-        held_out = {source: held_back(sft, self.cfg.train.probe_examples, source) for source in ("risk", "retain")}
+        held_out = {source: held_back(sft, config.probe_examples, source) for source in ("risk", "retain")}
         held = {e["prompt"] for examples in held_out.values() for e in examples}
         sft = [e for e in sft if e["prompt"] not in held]
         pairs = [p for p in pairs if p["prompt"] not in held]
@@ -184,20 +186,20 @@ class RunContext:
         torch.manual_seed(self.cfg.seed)
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
-        s = train_sft(model, self.loaded.tokenizer, sft, self.cfg.train, frozen_rows=frozen_rows, desc=desc,
+        s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
                       probe=watchers)
-        if self.cfg.train.dpo_reference == "sft" and s.steps:
+        if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
             # undoes what SFT taught (measured: the refusal's first-token probability 0.77 -> 0.22).
             reference = Reference(prefix=get_prompt(model))
-        d = train_dpo(model, self.loaded.tokenizer, pairs, self.cfg.train, reference=reference,
+        d = train_dpo(model, self.loaded.tokenizer, pairs, config, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
         if d.steps:
             d.probes = [w.measure(s.steps + d.steps) for w in watchers]  # the decision after DPO too
         for r in (s, d):
             log.info(f"  {r.summary()}")
-        return {"sft": s.to_dict(), "dpo": d.to_dict()}
+        return {"sft": s.to_dict(), "dpo": d.to_dict(), "settings": config.to_dict()}
 
     def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):
         metrics = {r: {"safety": m["safety"], "raw": m["raw"]} for r, m in (evals or {}).items()}
@@ -255,7 +257,8 @@ class RunContext:
         name = f"{risk} specialist"
         local = self.out_dir / "specialists" / risk
         key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
-                              "margin", "min_chosen_safety", "train", "eval_limit", "data", suffix=self._data_key(risk))
+                              "margin", "min_chosen_safety", "train", "risk_train", "eval_limit", "data",
+                              suffix=self._data_key(risk))
         cached = cache_dir() / "specialists" / f"{self.loaded.fingerprint.split(':')[-1]}-{risk}-" \
                                                f"{self.cfg.tokens[risk]}-{key}"
         for path in (local, cached):
@@ -275,7 +278,7 @@ class RunContext:
         stage = Stage(self, None, name, folder=cached, patch_name=f"{risk}-specialist", what="specialist")
         model = self.new_patch(self.cfg.tokens[risk], init_text=self.risk(risk).init_text)
         data = self.data(risk)
-        training = self.train(model, data.sft, data.pairs, desc=name)
+        training = self.train(model, data.sft, data.pairs, desc=name, risks=[risk])
         stage.finish(model, [Segment(risk, 0, self.cfg.tokens[risk])], training, kind="specialist", trained=risk)
         shutil.copytree(cached, local, dirs_exist_ok=True)
         return get_prompt(model)

@@ -111,7 +111,7 @@ class Strategy:
                 pairs = [p for r in plan.risks for p in ctx.data(r).pairs]
                 sft, pairs = replay.mix(index, sft, pairs)
                 training = ctx.train(plan.model, sft, pairs, reference=plan.reference, frozen_rows=plan.frozen_rows,
-                                     desc=plan.desc or f"stage {index + 1} {plan.name}")
+                                     desc=plan.desc or f"stage {index + 1} {plan.name}", risks=plan.risks)
                 stage.finish(plan.model, plan.segments, training, kind=plan.kind, trained=plan.trained)
             for risk in plan.risks:
                 replay.add(risk, ctx.data(risk))

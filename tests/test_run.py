@@ -246,3 +246,45 @@ def test_every_figure_has_an_interval_and_n(tiny, tmp_path):
     for stage in ("toxicity", "bias"):
         assert phases[f"{stage}: trained"] > 0 and phases[f"{stage}: evaluated"] > 0
     assert sum(v for k, v in phases.items() if k != "model loaded") <= results["wall_seconds"] + 0.5
+
+
+def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
+    """risk_train: a stage learning one risk's data trains with that risk's settings; a user's --train for all
+    risks wins over a preset's per-risk recipe; a joint stage keeps only what its risks share."""
+    smoke = {**config_mod.PRESETS["smoke"], "risk_train": {"bias": {"sft_lr": 0.05, "max_steps": 1}}}
+    monkeypatch.setitem(config_mod.PRESETS, "smoke", smoke)
+    cfg = resolve(model="tiny-random", preset="smoke", risks="tox,bias", strategy="sequential")
+    assert cfg.risk_train == {"bias": {"sft_lr": 0.05, "max_steps": 1}}
+    assert cfg.train_for(["bias"]).sft_lr == 0.05 and cfg.train_for(["toxicity"]).sft_lr == cfg.train.sft_lr
+    assert cfg.train_for(["toxicity", "bias"]) == cfg.train and cfg.train_for(None) == cfg.train
+    assert resolve(preset="smoke", risks="tox,bias", train={"sft_lr": 0.01}).risk_train == {"bias": {"max_steps": 1}}
+    own = resolve(preset="smoke", risks="tox,bias", train={"sft_lr": 0.01},
+                  file={"risk_train": {"tox": {"sft_epochs": 2}, "bias": {"sft_lr": 0.2}}})
+    assert own.risk_train == {"bias": {"max_steps": 1, "sft_lr": 0.2}, "toxicity": {"sft_epochs": 2}}
+
+    out = tmp_path / "per-risk"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
+                 "--strategy", "sequential", "--out", str(out)]) == 0
+    stages = {p.name: json.loads((p / "stage.json").read_text())["training"] for p in (out / "stages").iterdir()
+              if p.is_dir()}
+    tox, bias = stages["01-toxicity"], stages["02-bias"]
+    assert bias["sft"]["steps"] == 1 and bias["settings"]["sft_lr"] == 0.05
+    assert tox["sft"]["steps"] > 1 and tox["settings"]["sft_lr"] == config_mod.PRESETS["smoke"]["train"].get(
+        "sft_lr", cfg.train.sft_lr)
+    assert config_mod.load_config_file(out / "config.yaml")["risk_train"] == {"bias": {"sft_lr": 0.05, "max_steps": 1}}
+
+
+@pytest.mark.parametrize("risk_train, message", [
+    ({"bias": {"sft_rate": 0.1}}, "unknown setting 'sft_rate' in risk_train.bias"),
+    ({"bias": 0.1}, "risk_train.bias must be a mapping"),
+    ({"nonsense": {"sft_lr": 0.1}}, "unknown risk 'nonsense'"),
+])
+def test_bad_risk_train_is_one_line_exit_2(tmp_path, capsys, risk_train, message):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"risk_train": risk_train}))
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--config", str(path),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

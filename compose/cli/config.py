@@ -161,16 +161,33 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
             raise ComposeError(f"{key} must be >= 1, got {merged[key]}")
     if merged.get("order", "given") not in ("given", "auto"):
         raise ComposeError(f"unknown order '{merged['order']}'; valid: given, auto")
+    risk_train = resolve_risk_train(preset.get("risk_train") or {}, file.get("risk_train") or {},
+                                    {**(file.get("train") or {}), **(flags.get("train") or {})})
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
     constraints = canonical_constraints(merged.get("constraints") or {})
     fields = {k: merged[k] for k in valid if k in merged and k not in ("train", "risks", "tokens", "data",
-                                                                         "constraints")}
+                                                                         "constraints", "risk_train")}
     try:
         return RunConfig(risks=risks, tokens=tokens, data=data, constraints=constraints,
-                         train=TrainConfig(**train), **fields)
+                         train=TrainConfig(**train), risk_train=risk_train, **fields)
     except (TypeError, ValueError) as exc:
         raise ComposeError(f"invalid run settings: {exc}") from exc
+
+
+def resolve_risk_train(preset: dict, file: dict, user_train: dict) -> dict[str, dict]:
+    """Per-risk training settings, by canonical risk name: the preset's recipe per risk, less every setting the
+    user gave for all risks (``train`` in the file, ``--train``: a user's ``sft_lr`` means every stage's), then
+    the file's own ``risk_train`` on top. Every key must be a ``TrainConfig`` field."""
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    out: dict[str, dict] = {}
+    for source, where in ((preset, "the preset's risk_train"), (file, "risk_train")):
+        for name, settings in source.items():
+            check_keys(settings, valid, f"{where}.{name}")
+            risk = get_risk(name).name
+            keep = settings if source is file else {k: v for k, v in settings.items() if k not in user_train}
+            out[risk] = {**out.get(risk, {}), **keep}
+    return {r: s for r, s in out.items() if s}
 
 
 def check_strategy_options(name: str, file: dict, options: dict[str, dict]) -> dict:
