@@ -174,12 +174,3 @@ def check_keys(d: dict, valid, where: str) -> None:
         if key not in valid:
             raise ComposeError(f"unknown setting '{key}' in {where}{suggest(key, valid)}; valid: {', '.join(valid)}")
 
-
-def __getattr__(name: str):
-    """``compose.config.resolve`` is the old import path of ``compose.cli.config.resolve`` (experiments/recipe.py
-    uses it); resolving needs the registries, so it belongs to the application."""
-    if name == "resolve":
-        from compose.cli.config import resolve
-
-        return resolve
-    raise AttributeError(f"module 'compose.config' has no attribute '{name}'")

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compose import config as config_mod  # noqa: E402
-from compose import run as run_mod  # noqa: E402
+from compose.cli import run as run_mod  # noqa: E402
+from compose.cli.config import resolve  # noqa: E402
 from compose.artifact import patch_matrix  # noqa: E402
 from compose.evaluate import evaluate_risks  # noqa: E402
 from compose.generation import perplexity  # noqa: E402
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     loaded = None
     record = {"recipe": file, "seed": args.seed, "risks": {}}
     for risk_name in [get_risk(r).name for r in args.risks.split(",")]:
-        cfg = config_mod.resolve(file, risks=risk_name, strategy="sequential", seed=args.seed)
+        cfg = resolve(file, risks=risk_name, strategy="sequential", seed=args.seed)
         loaded = loaded or load_model(cfg.model, cfg.dtype)
         start = time.perf_counter()
         results = run_mod.execute(cfg, runs / risk_name, loaded=loaded)

@@ -10,8 +10,7 @@ from pathlib import Path
 import networkx as nx
 
 ROOT = Path(__file__).resolve().parents[1]
-# old import paths kept for experiments/recipe.py: they point from the library's folder up into the application
-COMPAT = {"compose.run", "compose.config.__getattr__"}
+COMPAT: set[str] = set()  # old import paths kept for a release, pointing from the library up into the application
 ENTRY_POINTS = {"compose.__main__"}  # `python -m compose`: the command line itself
 
 
