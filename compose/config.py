@@ -29,7 +29,10 @@ PRESETS: dict[str, dict] = {
     # as many benign retain prompts as risk prompts: with 16 the composed patch refused 74% of benign look-alikes
     "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 48, "eval_limit": 200, "max_new_tokens": 32,
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
-                                      "batch_size": 8, "max_length": 160}},
+                                      "batch_size": 8, "max_length": 160},
+              # the refusal decision needs a 10x larger SFT step (harm specialist, n = 200 / 90: ASR 0.815 -> 0.500,
+              # over-refusal 0.033 -> 0.133; at 3e-3 ASR 0.805); toxicity and bias lose ground at that rate
+              "risk_train": {"harmfulness": {"sft_lr": 0.03}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
     "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,
