@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation import utils as _generation_utils
 
+from compose import distributed
 from compose.errors import ComposeError
 
 log = logging.getLogger("compose.generation")
@@ -162,8 +163,10 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     try:
         per_call = min(config.batch_size, max(1, MAX_SEQUENCES // k))  # k samples per prompt: fewer prompts
         batches = [order[i:i + per_call] for i in range(0, len(order), per_call)]
-        for b, idx in enumerate(tqdm(batches, desc=desc or "generating", unit="batch", leave=False,
-                                     disable=len(batches) < 2)):
+        mine = distributed.shard(len(batches))  # several processes: each its share, seeded by the global index
+        for b in tqdm(mine, desc=desc or "generating", unit="batch", leave=False,
+                      disable=len(mine) < 2 or not distributed.is_main()):
+            idx = batches[b]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {key: v.to(device) for key, v in enc.items()}
             kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
@@ -188,6 +191,15 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
+    return _gathered(out, [i for b in mine for i in batches[b]])
+
+
+def _gathered(out: list, done: list[int]) -> list:
+    """``out`` with the entries other processes computed filled in (``done``: those this one computed)."""
+    if not distributed.active():
+        return out
+    for i, value in distributed.gather({i: out[i] for i in done}).items():
+        out[i] = value
     return out
 
 
@@ -221,7 +233,10 @@ def response_nll(model, tokenizer, prompts: list[str], responses: list[str], bat
     order = sorted((i for i, (_, r) in enumerate(pairs) if r), key=lambda i: -sum(map(len, pairs[i])))
     out = [(0.0, 0)] * len(pairs)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc=desc or "perplexity", unit="batch", leave=False, disable=len(batches) < 4):
+    mine = distributed.shard(len(batches))
+    for b in tqdm(mine, desc=desc or "perplexity", unit="batch", leave=False,
+                  disable=len(mine) < 4 or not distributed.is_main()):
+        idx = batches[b]
         rows = [pairs[i] for i in idx]
         width = max(len(p) + len(r) for p, r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -236,7 +251,7 @@ def response_nll(model, tokenizer, prompts: list[str], responses: list[str], bat
         nll = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
         for j, piece in zip(idx, nll.split([len(r) for _, r in rows])):
             out[j] = (float(piece.sum()), len(pairs[j][1]))
-    return out
+    return _gathered(out, [i for b in mine for i in batches[b]])
 
 
 def _scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@
   inputs (not even with ``--force``).
 * ``FolderLock``: one process at a time works in a run folder; a lock left by a process that is gone is stale
   and taken over.
+
+In a job of several processes (``compose.distributed``) only the main process writes; the others wait at the
+write until it is done.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from compose import distributed
 from compose.errors import ComposeError
 
 log = logging.getLogger("compose.io")
@@ -29,6 +33,7 @@ LOCK = ".lock"
 PNG_SOFTWARE = "compose"
 
 
+@distributed.main_writes
 def atomic_write_text(path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,7 @@ def atomic_write_text(path, text: str) -> Path:
     return path
 
 
+@distributed.main_writes
 def atomic_write_with(path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over ``path``."""
     path = Path(path)

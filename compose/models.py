@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from compose import distributed
 from compose.errors import ComposeError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -88,7 +89,11 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tor
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The GPU where there is one (a process of several launched together: the GPU of its ``LOCAL_RANK``), else
+    the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{distributed.local_rank()}" if distributed.launched() else "cuda"
 
 
 def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:

@@ -18,13 +18,20 @@ finished run whose report files are missing gets them rebuilt. One process at a 
 run folder (``--force`` otherwise).
 Training data, specialists and base-model evaluations are also cached under ``$COMPOSE_CACHE`` (keyed by
 every setting they depend on), so runs of several strategies on the same risks share them.
+
+Several processes: ``torchrun --nproc_per_node N -m compose run ...`` (or ``accelerate launch -m compose run``)
+runs the same job data-parallel (``compose.distributed``): training through DDP with the global batch
+(``train.batch_size``) split across the processes, generation and evaluation batches shared out and gathered,
+and only the main process writing files (it claims and locks the run folder for all of them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import textwrap
 import time
@@ -33,6 +40,7 @@ from pathlib import Path
 import torch
 
 from compose import config as config_mod
+from compose import distributed
 from compose.cli.arguments import add_model_arguments, add_out_argument
 from compose.cli.config import (DATA_HELP, parse_assignments, parse_data_args, parse_train_args, resolve,
                                 resolve_order, risk_constraints, run_risks)
@@ -58,7 +66,19 @@ REPORT_FILES = ("report.md", "forgetting.png")
 
 def make_context(cfg: config_mod.RunConfig, out_dir: Path, loaded, order: list[str], on_row=None) -> RunContext:
     """The context a strategy works in, for run ``cfg`` in ``out_dir``: its risks looked up in the registry."""
-    return RunContext(cfg, out_dir, loaded, order, run_risks(cfg), risk_constraints(cfg), on_row)
+    kind = ParallelRunContext if distributed.active() else RunContext
+    return kind(cfg, out_dir, loaded, order, run_risks(cfg), risk_constraints(cfg), on_row)
+
+
+class ParallelRunContext(RunContext):
+    """The context of one process of several: each trains on its share of every batch, the main one saves."""
+
+    def train(self, *args, **kwargs) -> dict:
+        with distributed.per_process_batch(self.cfg.train):
+            return super().train(*args, **kwargs)
+
+    def save_patch(self, *args, **kwargs):
+        return distributed.on_main(super().save_patch, *args, **kwargs)
 
 
 def auto_order(cfg: config_mod.RunConfig, out_dir: Path, loaded, given: list[str]) -> list[str]:
@@ -89,10 +109,9 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
 
     ``out_dir`` must be new, empty or a run folder, unless ``force``; it is locked while the run works in it.
     """
-    created = not Path(out_dir).exists()
-    out_dir = claim_output_dir(out_dir, "run", "--out", force=force,
-                               owned=lambda p: (p / "config.yaml").is_file())  # run folders from before markers
-    with FolderLock(out_dir, "run folder"):
+    distributed.check_batch(cfg.train.batch_size)
+    with contextlib.ExitStack() as lock:
+        out_dir, created = distributed.first(_claim_run_folder, out_dir, force, lock)
         try:
             _check_resume(cfg, out_dir)
             finished = _finished_results(out_dir)
@@ -100,9 +119,19 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
                 return finished
             return _run(cfg, out_dir, loaded, on_row)
         except BaseException:
-            if created and not _started(out_dir):  # refused before it began: leave nothing behind
-                shutil.rmtree(out_dir, ignore_errors=True)
+            if created and distributed.is_main() and not _started(out_dir):  # refused before it began
+                shutil.rmtree(out_dir, ignore_errors=True)  # leave nothing behind
             raise
+
+
+def _claim_run_folder(out_dir, force: bool, lock: contextlib.ExitStack) -> tuple[Path, bool]:
+    """Claim ``out_dir`` as a run folder and take its lock (held until ``lock`` closes); returns the folder and
+    whether it was created here. Several processes: the main one does this for all of them."""
+    created = not Path(out_dir).exists()
+    out_dir = claim_output_dir(out_dir, "run", "--out", force=force,
+                               owned=lambda p: (p / "config.yaml").is_file())  # run folders from before markers
+    lock.enter_context(FolderLock(out_dir, "run folder"))
+    return out_dir, created
 
 
 def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
@@ -267,6 +296,10 @@ def train_help() -> str:
 
 
 def main(args) -> int:
+    distributed.start()
+    if not distributed.is_main():  # the main process reports for all of them
+        logging.getLogger().setLevel(logging.WARNING)
+        os.environ["TQDM_DISABLE"] = "1"
     file = {}
     if args.resume:
         if not args.out or not (Path(args.out) / "config.yaml").is_file():
@@ -291,19 +324,20 @@ def main(args) -> int:
         raise ComposeError("give either --seed or --seeds, not both")
     cfg = resolve(file, options=options, **flags)
     out = Path(args.out or f"runs/{cfg.strategy}-{'-'.join(cfg.risks)}-{cfg.preset}")
+    show = print if distributed.is_main() else (lambda text: None)
     if not seeds:
         results = execute(cfg, out, force=args.force)
-        print(summary_table(results, out))
+        show(summary_table(results, out))
         return 0
-    claim_output_dir(out, "run", "--out", force=args.force)
+    distributed.first(claim_output_dir, out, "run", "--out", force=args.force)
     for seed in seeds:
         log.info(f"seed {seed} of {', '.join(map(str, seeds))}")
         results = execute(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}", force=args.force)
-        print(summary_table(results, out / f"seed{seed}"))
+        show(summary_table(results, out / f"seed{seed}"))
     matrices = {seed: ForgettingMatrix.load(out / f"seed{seed}" / "forgetting.json") for seed in seeds}
     written, table = write_seed_summary(matrices, out, title=f"{cfg.strategy}: {', '.join(cfg.risks)}")
-    print("\n" + table)
-    print("wrote " + ", ".join(str(p) for p in written))
+    show("\n" + table)
+    show("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

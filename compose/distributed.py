@@ -1,0 +1,197 @@
+"""One job over several processes: ``torchrun --nproc_per_node N -m compose run ...`` (or ``accelerate launch``).
+
+Every process runs the same program on the same inputs and takes the same decisions; only the work is split:
+
+* training: the TRL trainers run data-parallel (DDP through Accelerate, which finds the process group set up
+  here): each process takes its share of every batch and the gradients are averaged, so every process holds the
+  identical patch;
+* generation and perplexity (``compose.generation``): the batches are built identically everywhere, process r
+  computes batches r, r + N, ... (each seeded by its global index, as in one process) and the results are
+  gathered, so every process gets the one-process results;
+* files: the main process (rank 0) writes; the others wait at a barrier until it has (``on_main``), so nobody
+  reads a file before it exists and no two processes write the same one.
+
+Launched without a launcher (``WORLD_SIZE`` unset or 1) nothing here does anything and ``torch.distributed``
+is never imported: one process behaves exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from datetime import timedelta
+from types import SimpleNamespace
+
+from compose.errors import ComposeError
+
+_alone = False  # inside ``first``: the main process works alone, its writes need no barrier
+
+
+def launched() -> bool:
+    """True when a launcher (torchrun, accelerate launch) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def active() -> bool:
+    """True once the process group of a multi-process job is set up (``start``)."""
+    if not launched() or "torch.distributed" not in sys.modules:
+        return False
+    dist = sys.modules["torch.distributed"]
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0) if launched() else 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def is_main() -> bool:
+    """True in the process that writes files and prints (rank 0; the only one without a launcher)."""
+    return rank() == 0
+
+
+def start() -> None:
+    """Set up the process group of a launched job (gloo on CPU, nccl on GPUs: each process on the GPU of its
+    ``LOCAL_RANK``); nothing without a launcher or when it is already set up."""
+    if not launched() or active():
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ComposeError("launched as several processes, but this torch has no torch.distributed; run one "
+                           "process (without torchrun / accelerate launch)")
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        backend = "nccl"
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))  # a long stage on one rank: not a hang
+    _share_dataset_cache()
+
+
+def _share_dataset_cache() -> None:
+    """TRL's DPO trainer writes the precomputed reference log-probabilities of an in-memory dataset (ours) on the
+    main process into datasets' temporary folder, under a randomly drawn file name, and every process then reads
+    that file; but the folder and the draws are each process's own. Give every process the main one's folder and
+    the same draws (the processes build the same datasets in the same order)."""
+    import torch.distributed as dist
+    from datasets import fingerprint
+
+    folder = [fingerprint.get_temporary_cache_files_directory() if is_main() else None]  # removed when it exits
+    dist.broadcast_object_list(folder, src=0)
+    if not is_main():
+        fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = SimpleNamespace(name=folder[0])
+    fingerprint.fingerprint_rng.seed(0)
+
+
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(n: int) -> range:
+    """The indices of ``n`` work items (batches) this process computes: rank, rank + N, ..."""
+    return range(rank(), n, world_size()) if active() else range(n)
+
+
+def gather(local: dict) -> dict:
+    """Every process's ``{index: result}`` merged, on every process (the identity in one process)."""
+    if not active():
+        return local
+    import torch.distributed as dist
+
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def on_main(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the main process only (a write every process reaches at the same point of the
+    program). It starts once every process has arrived and ends before any goes on, so a file looks the same to
+    all of them at any point between two writes (``if not path.is_file(): write(path)`` takes the same branch
+    everywhere). Returns ``fn``'s result on the main process, None on the others."""
+    if not active() or _alone:
+        return fn(*args, **kwargs)
+    barrier()
+    result = fn(*args, **kwargs) if is_main() else None
+    barrier()
+    return result
+
+
+def main_writes(write):
+    """Decorator for a function that writes the file named by its first argument: the main process writes it,
+    the others wait and get the path back."""
+    from pathlib import Path
+
+    @functools.wraps(write)
+    def wrapper(path, *args, **kwargs):
+        result = on_main(write, path, *args, **kwargs)
+        return Path(path) if result is None else result
+
+    return wrapper
+
+
+def first(fn, *args, **kwargs):
+    """``fn`` on the main process alone (its writes without barriers: the others are not there), then its result
+    on every process; a ``ComposeError`` it raises is raised on every process, so all stop with the same message.
+    For claiming and locking the run folder before the others look at it."""
+    global _alone
+    if not active():
+        return fn(*args, **kwargs)
+    import torch.distributed as dist
+
+    outcome = [None]
+    if is_main():
+        _alone = True
+        try:
+            outcome = [("ok", fn(*args, **kwargs))]
+        except ComposeError as exc:
+            outcome = [("error", str(exc))]
+        except BaseException as exc:
+            outcome = [("failed", f"{type(exc).__name__}: {exc}")]
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+        finally:
+            _alone = False
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise ComposeError(value)
+    if kind == "failed":
+        raise RuntimeError(f"the main process failed: {value}")
+    return value
+
+
+@contextlib.contextmanager
+def per_process_batch(train):
+    """``train.batch_size`` (a ``TrainConfig``, the global batch) split across the processes while training:
+    each takes its share of every batch, so a step sees the same examples as in one process."""
+    if not active():
+        yield
+        return
+    total = train.batch_size
+    check_batch(total)
+    train.batch_size = total // world_size()
+    try:
+        yield
+    finally:
+        train.batch_size = total
+
+
+def check_batch(total: int) -> None:
+    """Refuse, before anything starts, a global batch that does not split evenly across the processes."""
+    if launched() and total % world_size():
+        raise ComposeError(f"train.batch_size {total} cannot be split across {world_size()} processes; valid: a "
+                           f"multiple of {world_size()}")
+

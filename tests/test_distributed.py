@@ -1,0 +1,84 @@
+"""``compose run`` over two CPU processes (torchrun, gloo) gives the results of one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from compose import distributed
+from compose.cli import main
+from compose.errors import ComposeError
+
+RUN = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--train", "probe_examples=0"]
+
+
+def gloo_available() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def patch_of(folder: Path) -> torch.Tensor:
+    return load_file(folder / "patch" / "adapter_model.safetensors")["prompt_embeddings"]
+
+
+def without_timings(obj):
+    """A results file without its wall-clock figures (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+@pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is not available")
+def test_two_processes_give_the_results_of_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path / "cache-one"))
+    assert main(RUN + ["--out", str(tmp_path / "one")]) == 0
+
+    env = {**os.environ, "COMPOSE_CACHE": str(tmp_path / "cache-two"), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "compose", "--threads", "1", *RUN, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert done.stdout.count("run folder:") == 1  # the main process reports; the other is quiet
+
+    # generation (teacher and base responses, preference pairs) and evaluation are shared out and gathered: the
+    # same as in one process, to the byte
+    for name in ("data/toxicity.json", "stages/00-base.json"):
+        assert without_timings(json.loads((one / name).read_text())) == \
+               without_timings(json.loads((two / name).read_text())), name
+    rows = [json.loads((run / "forgetting.json").read_text())["rows"] for run in (one, two)]
+    assert [r["name"] for r in rows[0]] == [r["name"] for r in rows[1]]
+    assert rows[0][0]["scores"] == rows[1][0]["scores"]
+    # training is data-parallel with the global batch split in two: the same patch to within a tenth of one
+    # optimizer step (the learning rate), on every entry
+    step = yaml.safe_load((one / "config.yaml").read_text())["train"]["sft_lr"]
+    for stage in (one / "stages" / "01-toxicity", one):
+        twin = two / stage.relative_to(one)
+        assert torch.allclose(patch_of(stage), patch_of(twin), rtol=0, atol=step / 10), stage
+    assert not (two / ".lock").exists()  # the main process held the lock and let it go
+
+
+def test_a_batch_that_does_not_split_across_the_processes_is_refused(tmp_path, monkeypatch):
+    from compose.cli import run as run_mod
+    from compose.cli.config import resolve
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    cfg = resolve({}, risks="tox", model="tiny-random", preset="smoke")  # train.batch_size 4
+    with pytest.raises(ComposeError, match="train.batch_size 4 cannot be split across 3 processes; valid: a "
+                                           "multiple of 3"):
+        run_mod.execute(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_in_one_process_the_helpers_do_nothing():
+    assert not distributed.launched() and not distributed.active() and distributed.is_main()
+    assert distributed.shard(5) == range(5) and distributed.gather({1: "a"}) == {1: "a"}
+    assert distributed.on_main(lambda: 7) == 7
