@@ -133,7 +133,25 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", dev
     for p in model.parameters():
         p.requires_grad_(False)
     model.config.use_cache = True
+    contiguous_head_input(model)
     return LoadedModel(model, tokenizer, name, model_fingerprint(model), time.perf_counter() - start)
+
+
+def contiguous_head_input(model) -> None:
+    """Give the output head (the vocabulary projection) a contiguous input.
+
+    Generation keeps only the last position's hidden state (``logits_to_keep=1``), a strided view of the batch;
+    ``torch.matmul`` of a strided 3-D input with the 2-D head weight broadcasts the weight to every sequence and
+    copies it (32 sequences x 49152 x 576 values on the embedded model: ~2 s per generate call on 2 cores). A
+    contiguous input folds into one matrix product: the same outputs, and generation ~1.5x faster here (64 prompts
+    on 2 threads: 22.3 -> 14.0 s for 2 samples of 24 tokens each, 9.6 -> 6.4 s greedy for 48 tokens)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_first_argument)
+
+
+def _contiguous_first_argument(module, args):
+    return (args[0].contiguous(), *args[1:]) if args and torch.is_tensor(args[0]) else None
 
 
 def _local_model_dir(name: str) -> str:

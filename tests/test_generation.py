@@ -117,3 +117,21 @@ def test_sequences_per_call_are_bounded(monkeypatch):
                    GenerationConfig(max_new_tokens=2, samples=2, batch_size=16))
     assert [len(o) for o in out] == [2] * 5
     assert sizes == [4, 4, 2]
+
+
+def test_the_output_head_gets_a_contiguous_input_and_the_same_logits(tiny):
+    """load_model makes the vocabulary projection's input contiguous (generation's last-position slice is a strided
+    view, which torch.matmul would multiply by copying the head weight once per sequence); values are unchanged."""
+    seen = []
+    head = tiny.model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        ids = tiny.tokenizer(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
+        with torch.no_grad():
+            last = tiny.model(input_ids=ids, logits_to_keep=1).logits
+            full = tiny.model(input_ids=ids).logits
+        generate(tiny.model, tiny.tokenizer, PROMPTS, GenerationConfig(max_new_tokens=3, batch_size=4))
+    finally:
+        handle.remove()
+    assert seen and all(seen)
+    torch.testing.assert_close(last, full[:, -1:])
