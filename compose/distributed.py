@@ -17,7 +17,6 @@ is never imported: one process behaves exactly as before.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -173,25 +172,11 @@ def first(fn, *args, **kwargs):
     return value
 
 
-@contextlib.contextmanager
-def per_process_batch(train):
-    """``train.batch_size`` (a ``TrainConfig``, the global batch) split across the processes while training:
-    each takes its share of every batch, so a step sees the same examples as in one process."""
-    if not active():
-        yield
-        return
-    total = train.batch_size
-    check_batch(total)
-    train.batch_size = total // world_size()
-    try:
-        yield
-    finally:
-        train.batch_size = total
-
-
-def check_batch(total: int) -> None:
-    """Refuse, before anything starts, a global batch that does not split evenly across the processes."""
+def per_process_batch(total: int, setting: str = "batch_size") -> int:
+    """Each process's share of a global batch of ``total`` examples (``total`` in one process), so that a step
+    sees the same examples as in one process; a batch that does not split evenly is refused (``setting`` names
+    it in the message)."""
     if launched() and total % world_size():
-        raise ComposeError(f"train.batch_size {total} cannot be split across {world_size()} processes; valid: a "
+        raise ComposeError(f"{setting} {total} cannot be split across {world_size()} processes; valid: a "
                            f"multiple of {world_size()}")
-
+    return total // world_size() if launched() else total

@@ -23,6 +23,7 @@ import torch
 from peft import PeftModel
 from trl import DPOTrainer, SFTTrainer
 
+from compose import distributed
 from compose.generation import is_patched
 from compose.patch import freeze_rows, prompt_parameter
 
@@ -118,10 +119,12 @@ def chat(prompt: str) -> list[dict]:
 
 
 def _training_args(cls, cfg: TrainConfig, epochs: float, lr: float, output_dir: str, **extra):
+    """TRL's settings of one stage. ``cfg.batch_size`` is the global batch: across several processes (DDP through
+    Accelerate) each takes its share of every batch."""
     use_cpu = not torch.cuda.is_available()
     return cls(
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1, lr_scheduler_type="linear",
+        per_device_train_batch_size=distributed.per_process_batch(cfg.batch_size), gradient_accumulation_steps=1, lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio, weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none",
         seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu, bf16=False, fp16=False,
         dataloader_num_workers=0, max_length=cfg.max_length, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",

@@ -78,6 +78,30 @@ def test_a_batch_that_does_not_split_across_the_processes_is_refused(tmp_path, m
     assert not (tmp_path / "r").exists()
 
 
+def test_a_risk_s_own_batch_that_does_not_split_is_refused_too(tmp_path, monkeypatch):
+    from compose.cli import run as run_mod
+    from compose.cli.config import resolve
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = resolve({"risk_train": {"tox": {"batch_size": 3}}}, risks="tox", model="tiny-random", preset="smoke")
+    with pytest.raises(ComposeError, match="risk_train.toxicity.batch_size 3 cannot be split across 2 processes"):
+        run_mod.execute(cfg, tmp_path / "r")
+
+
+def test_the_trainer_splits_the_global_batch_of_a_stage(monkeypatch):
+    """The training arguments of a stage take each process's share of its batch (a risk's own batch too)."""
+    from trl import SFTConfig
+
+    from compose.train import TrainConfig, _training_args
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert distributed.per_process_batch(8) == 2
+    with pytest.raises(ComposeError, match="batch_size 6 cannot be split across 4 processes; valid: a multiple of 4"):
+        _training_args(SFTConfig, TrainConfig(batch_size=6), 1.0, 1e-3, "unused")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert distributed.per_process_batch(6) == 6
+
+
 def test_in_one_process_the_helpers_do_nothing():
     assert not distributed.launched() and not distributed.active() and distributed.is_main()
     assert distributed.shard(5) == range(5) and distributed.gather({1: "a"}) == {1: "a"}

@@ -71,11 +71,8 @@ def make_context(cfg: config_mod.RunConfig, out_dir: Path, loaded, order: list[s
 
 
 class ParallelRunContext(RunContext):
-    """The context of one process of several: each trains on its share of every batch, the main one saves."""
-
-    def train(self, *args, **kwargs) -> dict:
-        with distributed.per_process_batch(self.cfg.train):
-            return super().train(*args, **kwargs)
+    """The context of one process of several: the main one saves (each trains on its share of every batch:
+    ``compose.train``)."""
 
     def save_patch(self, *args, **kwargs):
         return distributed.on_main(super().save_patch, *args, **kwargs)
@@ -109,7 +106,7 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
 
     ``out_dir`` must be new, empty or a run folder, unless ``force``; it is locked while the run works in it.
     """
-    distributed.check_batch(cfg.train.batch_size)
+    check_batches(cfg)
     with contextlib.ExitStack() as lock:
         out_dir, created = distributed.first(_claim_run_folder, out_dir, force, lock)
         try:
@@ -122,6 +119,15 @@ def execute(cfg: config_mod.RunConfig, out_dir, loaded=None, on_row=None, force:
             if created and distributed.is_main() and not _started(out_dir):  # refused before it began
                 shutil.rmtree(out_dir, ignore_errors=True)  # leave nothing behind
             raise
+
+
+def check_batches(cfg: config_mod.RunConfig) -> None:
+    """Refuse, before anything starts, a global batch (``train`` or a risk's ``risk_train``) that does not split
+    evenly across the processes."""
+    distributed.per_process_batch(cfg.train.batch_size, "train.batch_size")
+    for risk, train in cfg.risk_train.items():
+        if "batch_size" in train:
+            distributed.per_process_batch(train["batch_size"], f"risk_train.{risk}.batch_size")
 
 
 def _claim_run_folder(out_dir, force: bool, lock: contextlib.ExitStack) -> tuple[Path, bool]:
