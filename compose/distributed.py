@@ -21,7 +21,6 @@ import functools
 import os
 import sys
 from datetime import timedelta
-from types import SimpleNamespace
 
 from compose.errors import ComposeError
 
@@ -74,22 +73,6 @@ def start() -> None:
         torch.cuda.set_device(local_rank())
         backend = "nccl"
     dist.init_process_group(backend=backend, timeout=timedelta(hours=2))  # a long stage on one rank: not a hang
-    _share_dataset_cache()
-
-
-def _share_dataset_cache() -> None:
-    """TRL's DPO trainer writes the precomputed reference log-probabilities of an in-memory dataset (ours) on the
-    main process into datasets' temporary folder, under a randomly drawn file name, and every process then reads
-    that file; but the folder and the draws are each process's own. Give every process the main one's folder and
-    the same draws (the processes build the same datasets in the same order)."""
-    import torch.distributed as dist
-    from datasets import fingerprint
-
-    folder = [fingerprint.get_temporary_cache_files_directory() if is_main() else None]  # removed when it exits
-    dist.broadcast_object_list(folder, src=0)
-    if not is_main():
-        fingerprint._TEMP_DIR_FOR_TEMP_CACHE_FILES = SimpleNamespace(name=folder[0])
-    fingerprint.fingerprint_rng.seed(0)
 
 
 def barrier() -> None:

@@ -11,7 +11,6 @@ blocks). Its log-probabilities are computed once per dataset before training (TR
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -502,14 +501,21 @@ class PatchDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL caches precomputed log-probs under a hash of (dataset, model); the reference is not the model here,
-        # so its prefix must be part of the key or a stacked block would reuse another reference's numbers.
-        if not getattr(self, "_reference_hashed", False):
-            prefix = self.reference.prefix
-            key = "none" if prefix is None else hashlib.sha256(prefix.float().cpu().numpy().tobytes()).hexdigest()
-            self._precompute_model_hash = f"{self._precompute_model_hash}-reference-{key}"
-            self._reference_hashed = True
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+        """``dataset`` with the reference log-probabilities of every pair's chosen and rejected responses, computed
+        in memory (TRL's version writes them into a file in datasets' temporary folder, which is each process's
+        own). Several processes: the batches are shared out and gathered, each one as in one process."""
+        from torch.utils.data import DataLoader
+
+        batches = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        mine, device = set(distributed.shard(len(batches))), self.accelerator.device
+        local = {}
+        for i, batch in enumerate(batches):
+            if i in mine:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                local[i] = tuple(t.float().cpu() for t in self.compute_ref_log_probs(self.model, batch))
+        found = distributed.gather(local)
+        chosen, rejected = (torch.cat([found[i][side] for i in range(len(batches))]).numpy() for side in (0, 1))
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
     def compute_ref_log_probs(self, model, inputs):
         start = time.perf_counter()

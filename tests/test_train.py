@@ -88,6 +88,24 @@ def test_precomputed_reference_matches_policy_positions(tiny, tmp_path):
         assert abs(plain.compute_loss(model, base_batch).item() - math.log(2)) > 1e-3
 
 
+def test_reference_log_probs_are_computed_in_memory_as_trl_computes_them(tiny, tmp_path):
+    """The reference log-probabilities, computed in memory (no datasets cache file), equal TRL's to the bit, for
+    uneven batches (11 pairs of different lengths in batches of 8) and a reference with a prefix."""
+    from trl import DPOTrainer
+
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4)
+    pairs = [{"prompt": "Tell me about item. " * (i % 4 + 1), "chosen": "I cannot help. " * (i % 3 + 1),
+              "rejected": f"Item {i} is " * (i % 5 + 1)} for i in range(11)]
+    cfg = TrainConfig(batch_size=4, max_length=64)
+    trainer = make_dpo_trainer(model, tiny.tokenizer, pairs, cfg, str(tmp_path), Reference(get_prompt(model) + 0.1))
+    columns = ["ref_chosen_logps", "ref_rejected_logps"]
+    assert trainer.train_dataset.cache_files == []
+    trl = DPOTrainer._precompute_ref_logps(trainer, trainer.train_dataset.remove_columns(columns), "train", 8)
+    for column in columns:
+        assert trainer.train_dataset.features[column] == trl.features[column]
+        assert trainer.train_dataset[column] == trl[column]
+
+
 def test_dense_lm_head_equals_trl_head(tiny, tmp_path, monkeypatch):
     """The CPU dense head gives TRL's tiled head's log-probs, metrics and patch gradient."""
     monkeypatch.setenv("COMPOSE_TRL_LM_HEAD", "1")
