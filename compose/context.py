@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from compose import distributed
 from compose.artifact import patch_matrix, save_patch
 from compose.config import CONSTRAINT_KINDS, RunConfig
 from compose.data import TrainingData, build_training_data
@@ -272,7 +273,7 @@ class RunContext:
                     atomic_write_json(path / "eval.json", evals)
                 self.add_row(name, evals, "specialist", risk, info.get("seconds"))
                 if path != local:
-                    shutil.copytree(path, local, dirs_exist_ok=True)
+                    distributed.on_main(shutil.copytree, path, local, dirs_exist_ok=True)  # others wait for it
                 log.info(f"{risk} specialist: reused from {path}")
                 return weights
         stage = Stage(self, None, name, folder=cached, patch_name=f"{risk}-specialist", what="specialist")
@@ -280,7 +281,7 @@ class RunContext:
         data = self.data(risk)
         training = self.train(model, data.sft, data.pairs, desc=name, risks=[risk])
         stage.finish(model, [Segment(risk, 0, self.cfg.tokens[risk])], training, kind="specialist", trained=risk)
-        shutil.copytree(cached, local, dirs_exist_ok=True)
+        distributed.on_main(shutil.copytree, cached, local, dirs_exist_ok=True)
         return get_prompt(model)
 
     def composed_row(self, model, segments, info: dict) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,26 @@ def test_the_trainer_splits_the_global_batch_of_a_stage(monkeypatch):
         _training_args(SFTConfig, TrainConfig(batch_size=6), 1.0, 1e-3, "unused")
     monkeypatch.delenv("WORLD_SIZE")
     assert distributed.per_process_batch(6) == 6
+
+
+def test_the_main_process_alone_copies_a_specialist_into_the_run_folder(tmp_path, monkeypatch):
+    """A specialist trained now, and one reused from the cache: both copies go through ``on_main`` (the others
+    wait at its barriers)."""
+    copied = []
+
+    def on_main(fn, *args, **kwargs):
+        if fn is shutil.copytree:
+            copied.append(args[1].relative_to(args[1].parents[1]))
+        return fn(*args, **kwargs)
+
+    monkeypatch.setenv("COMPOSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(distributed, "on_main", on_main)
+    args = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy", "concatenated",
+            "--train", "probe_examples=0"]
+    for out in ("one", "two"):
+        assert main(args + ["--out", str(tmp_path / out)]) == 0
+    assert copied == [Path("specialists/toxicity")] * 2
+    assert (tmp_path / "two" / "specialists" / "toxicity" / "stage.json").is_file()
 
 
 def test_in_one_process_the_helpers_do_nothing():
