@@ -1,4 +1,24 @@
-"""``compose run`` over two CPU processes (torchrun, gloo) gives the results of one process."""
+"""``compose run`` over two CPU processes (torchrun, gloo) gives the results of one process.
+
+Why 2-process training is not bit-identical to 1-process training (measured on the tiny model, 2 CPU processes):
+
+* not the order: every step trains on the same examples (Accelerate's seeded sampler draws one permutation of the
+  whole stage; the one-process batch [4, 0, 7, 3] is rank 0's [4, 0] plus rank 1's [7, 3]);
+* not the loss normalisation: transformers sums the scored tokens over the processes
+  (``average_tokens_across_devices``), so each process divides by the global count (102 on both) and DDP's mean
+  gives the one-process gradient (equal to 2e-8 in float32);
+* not dropout (none is active): a stage of 8 examples in batches of 4 gives the same float32 patch to 3e-8;
+* bfloat16 (``--dtype auto`` on a CPU that computes it): each process runs its half-batch with its own padding
+  width, which rounds differently in bfloat16: gradients differ by ~0.3% from the second step on, and Adam turns
+  that into up to ~2 learning-rate steps on coordinates whose gradient is near 0;
+* an uneven last batch: when a stage's examples are not a multiple of the global batch, Accelerate
+  (``even_batches``) fills the last one with examples from the start of the epoch's order, so that step trains on
+  duplicates (11 examples in batches of 4: its last step sees 4 examples and 120 tokens instead of 3 and 90).
+  Exact would need those duplicates masked out of the loss and the token count (the DPO loss too, which is a
+  per-process mean): not done.
+
+So the test runs in float32 on one risk of 8 examples (global batch 4): the same patch to within float rounding.
+"""
 
 import json
 import os
@@ -9,14 +29,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from compose import distributed
 from compose.cli import main
 from compose.errors import ComposeError
 
-RUN = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--train", "probe_examples=0"]
+RUN = ["run", "--model", "tiny-random", "--dtype", "fp32", "--preset", "smoke", "--risks", "tox", "--train",
+       "probe_examples=0"]
 
 
 def gloo_available() -> bool:
@@ -58,12 +78,12 @@ def test_two_processes_give_the_results_of_one(tmp_path, monkeypatch):
     rows = [json.loads((run / "forgetting.json").read_text())["rows"] for run in (one, two)]
     assert [r["name"] for r in rows[0]] == [r["name"] for r in rows[1]]
     assert rows[0][0]["scores"] == rows[1][0]["scores"]
-    # training is data-parallel with the global batch split in two: the same patch to within a tenth of one
-    # optimizer step (the learning rate), on every entry
-    step = yaml.safe_load((one / "config.yaml").read_text())["train"]["sft_lr"]
+    # training is data-parallel with the global batch split in two: the same patch to within float rounding
+    # (see the module docstring for what makes it differ more in bfloat16 or with an uneven last batch)
+    assert len(json.loads((one / "data/toxicity.json").read_text())["sft"]) % 4 == 0
     for stage in (one / "stages" / "01-toxicity", one):
         twin = two / stage.relative_to(one)
-        assert torch.allclose(patch_of(stage), patch_of(twin), rtol=0, atol=step / 10), stage
+        assert torch.allclose(patch_of(stage), patch_of(twin), rtol=0, atol=1e-5), stage
     assert not (two / ".lock").exists()  # the main process held the lock and let it go
 
 
