@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 
 from compose.errors import ComposeError
+from compose.generation import generate
+from compose.models import load_model
 from risks.teacher import Teacher, TeacherOutput
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
@@ -95,8 +97,6 @@ class PrefillTeacher(Teacher):
         self.prefix, self.continue_tokens, self.max_sentences = prefix.strip(), continue_tokens, max_sentences
 
     def respond(self, risk, model, tokenizer, prompts: list[str]) -> list[TeacherOutput]:
-        from compose.generation import generate
-
         texts = prompt_texts(tokenizer, prompts, risk.chat, prefill=self.prefix)
         cfg = risk.generation_config(1, max_new_tokens=self.continue_tokens)
         outs = generate(model, tokenizer, texts, cfg, chat=False, desc=f"{risk.name}: prefill teacher")
@@ -130,14 +130,10 @@ class ModelTeacher(Teacher):
     @property
     def loaded(self):
         if self._loaded is None:
-            from compose.models import load_model
-
             self._loaded = load_model(self.model_name, self.dtype)
         return self._loaded
 
     def respond(self, risk, model, tokenizer, prompts: list[str]) -> list[TeacherOutput]:
-        from compose.generation import generate
-
         teacher = self.loaded
         texts = prompt_texts(teacher.tokenizer, prompts, risk.chat, self.system_prompt, self.prefill)
         overrides = {"max_new_tokens": self.max_new_tokens} if self.max_new_tokens else {}
