@@ -65,7 +65,7 @@ class RunConfig:
     eval_limit: int = 32
     max_new_tokens: int = 32
     samples: int = 2
-    # the options of the merged strategy (strategies.merged.MergeOptions; its contract test checks they agree)
+    # the options of the merged strategy at their defaults: strategies.merged.MergeOptions takes its defaults from here
     merge: dict = field(default_factory=lambda: {"method": "average", "weights": None, "density": 0.5})
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # risk -> split -> file or dataset id
     constraints: dict[str, dict] = field(default_factory=dict)  # risk -> {after, requires, conflicts}

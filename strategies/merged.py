@@ -18,15 +18,18 @@ from typing import ClassVar
 import torch
 from peft.utils import merge_utils
 
+from compose.config import RunConfig
 from compose.errors import ComposeError
 from compose.patch import init_from_text
 from compose.strategy import Composition, Strategy
 
 METHODS = ("average", "task-arithmetic", "ties", "dare-ties")
+DEFAULTS = RunConfig(risks=[]).merge  # the run config's merge mapping holds the defaults
 
 
-def merge_prompts(prompts: list[torch.Tensor], inits: list[torch.Tensor], method: str = "average",
-                  weights: list[float] | None = None, density: float = 0.5, seed: int = 0) -> torch.Tensor:
+def merge_prompts(prompts: list[torch.Tensor], inits: list[torch.Tensor], method: str = DEFAULTS["method"],
+                  weights: list[float] | None = DEFAULTS["weights"], density: float = DEFAULTS["density"],
+                  seed: int = 0) -> torch.Tensor:
     """Merge equal-shape soft prompts; see the module docstring for the methods."""
     if method not in METHODS:
         raise ComposeError(f"unknown merge method '{method}'; valid: {', '.join(METHODS)}")
@@ -56,10 +59,12 @@ class MergeOptions:
     """Options of the merged strategy (the run config's ``merge`` mapping)."""
 
     section: ClassVar[str | None] = "merge"
-    method: str = field(default="average", metadata={"help": f"how the specialists are merged: {', '.join(METHODS)}"})
-    weights: list | dict | None = field(default=None, metadata={
+    method: str = field(default=DEFAULTS["method"], metadata={
+        "help": f"how the specialists are merged: {', '.join(METHODS)}"})
+    weights: list | dict | None = field(default=DEFAULTS["weights"], metadata={
         "help": "weight of each specialist: a list in run order or {risk: weight} (default: equal)"})
-    density: float = field(default=0.5, metadata={"help": "share of each change kept by ties and dare-ties, in [0, 1]"})
+    density: float = field(default=DEFAULTS["density"], metadata={
+        "help": "share of each change kept by ties and dare-ties, in [0, 1]"})
 
     def __post_init__(self):
         if self.method not in METHODS:
