@@ -9,7 +9,7 @@ import pytest
 
 from compose import config as config_mod
 from compose.cli.config import resolve
-from compose.cli.search import allocate, open_study, search, storage_url
+from compose.cli.search import allocate, open_study, replay_setting, search, storage_url
 from compose.errors import ComposeError
 from compose.models import load_model
 
@@ -55,6 +55,16 @@ def test_search_resumes_and_refuses_other_risks(tmp_path):
         search(other, budget=6, trials=1, out_dir=tmp_path, study_name=first["study"], loaded=tiny)
     with pytest.raises(ComposeError, match=r"other settings \(seed: 0\)"):  # another seed scores differently
         search(dataclasses.replace(base, seed=1), budget=6, trials=1, out_dir=tmp_path, loaded=tiny)
+
+
+def test_searched_replay_goes_through_the_strategy_s_options(tmp_path):
+    stacked = resolve({}, risks="tox,bias", strategy="stacked", model="tiny-random", preset="smoke")
+    assert replay_setting(stacked, 0.3) == {"replay": 0.3}
+    merged = resolve({}, risks="tox,bias", strategy="merged", model="tiny-random", preset="smoke")
+    with pytest.raises(ComposeError, match="--space replay: unknown option 'replay' of strategy 'merged'; valid: "
+                                           "method, weights, density"):
+        search(merged, budget=8, trials=1, out_dir=tmp_path, space=("replay",))
+    assert not (tmp_path / "study.db").exists()  # refused before the study opened
 
 
 def test_a_seeded_study_proposes_the_same_allocations(tmp_path):

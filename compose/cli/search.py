@@ -34,7 +34,7 @@ from optuna.visualization import matplotlib as ov
 
 from compose import config as config_mod
 from compose.cli.arguments import add_model_arguments, add_out_argument
-from compose.cli.config import resolve
+from compose.cli.config import check_strategy_options, resolve
 from compose.cli.run import check_context, execute
 from compose.errors import ComposeError
 from compose.io import atomic_write_json, atomic_write_text, check_output_dir, mark_output_dir, save_figure
@@ -42,6 +42,7 @@ from compose.models import load_model
 
 log = logging.getLogger("compose.search")
 SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+REPLAY_RANGE = (0.0, 0.5)  # --space replay: the replay shares searched
 
 
 def allocate(weights: dict[str, float], total: int, min_tokens: int = 1) -> dict[str, int]:
@@ -146,6 +147,8 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
     name = study_name or f"{base.strategy}-{'-'.join(base.risks)}-{budget}"
     settings = {"risks": base.risks, "strategy": base.strategy, "budget": budget, "model": base.model,
                 "preset": base.preset, "seed": base.seed, "multi_objective": multi_objective, "space": sorted(space)}
+    if "replay" in space:
+        replay_setting(base, REPLAY_RANGE[1])  # refused before the study opens when the strategy has no replay
     study = open_study(url, name, settings, multi_objective, seed=base.seed, prune=prune)
     if not study.trials:  # the first trial of a study is the equal split, the baseline every allocation is read against
         params = {f"w_{r}": 1.0 for r in base.risks} | ({"total": budget} if multi_objective else {})
@@ -163,7 +166,7 @@ def search(base: config_mod.RunConfig, budget: int, trials: int, out_dir, storag
             lr = trial.suggest_float("sft_lr", 1e-3, 1e-2, log=True)
             train = _replace(train, sft_lr=lr)
         if "replay" in space:
-            changes["replay"] = trial.suggest_float("replay", 0.0, 0.5)
+            changes.update(replay_setting(base, trial.suggest_float("replay", *REPLAY_RANGE)))
         cfg = _replace(base, train=train, **changes)
         trial.set_user_attr("tokens", tokens)
         same = _same_run(study, trial, cfg)
@@ -234,6 +237,15 @@ def _same_run(study, trial, cfg: config_mod.RunConfig):
         if t.user_attrs.get("config_digest") == digest:
             return t
     return None
+
+
+def replay_setting(base: config_mod.RunConfig, share: float) -> dict:
+    """The run settings of a replay ``share`` for ``base``'s strategy, checked by that strategy's options as a
+    ``--option`` would be (a strategy without replay is refused)."""
+    try:
+        return check_strategy_options(base.strategy, base.to_dict(), {"--space": {"replay": share}})
+    except ComposeError as exc:
+        raise ComposeError(f"--space replay: {exc}") from None
 
 
 def _replace(obj, **changes):
