@@ -180,10 +180,17 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def _embedded_checkpoint(name: str) -> str:
     """Path to a cached safetensors copy of an embedded GGUF model, converting it on first use."""
-    package, gguf_file, _ = EMBEDDED[name]
     target = cache_dir() / "models" / name
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return str(target)
+    if not ((target / "model.safetensors").exists() and (target / "tokenizer.json").exists()):
+        # several processes: the main one converts, the others wait (a process that is not the main one saves no
+        # config.json under torch.distributed, and its copy could land first)
+        distributed.on_main(_convert_embedded, name, target)
+    return str(target)
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    """Dequantise the embedded GGUF model ``name`` into a safetensors checkpoint at ``target`` (atomically)."""
+    package, gguf_file, _ = EMBEDDED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ComposeError(
@@ -212,7 +219,6 @@ def _embedded_checkpoint(name: str) -> str:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
 
 
 # --- tiny random model -------------------------------------------------------------------------------------

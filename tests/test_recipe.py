@@ -1,6 +1,6 @@
 """The quick preset's recipe works on the embedded model: the harm patch refuses held-out harmful requests it never
 saw, significantly more often than the base model, without refusing benign look-alikes (real model: slow,
-about 4 minutes on 2 cores with the teacher data and base evaluation cached, 6 from an empty cache)."""
+about 2 minutes on 2 cores with the teacher data and base evaluation cached)."""
 
 import json
 

@@ -67,6 +67,20 @@ def generation(loaded, new_tokens: int, batch: int, repeat: int) -> dict:
             "batch": batch, "new_tokens": new_tokens, "patch_tokens": 50}
 
 
+def _clock(times: list[float]):
+    """A trainer callback appending each optimisation step's seconds to ``times``."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    return Clock()
+
+
 def _sft_examples(n: int) -> list[dict]:
     return [{"prompt": PROMPTS[i % len(PROMPTS)], "completion": "Here is a short and helpful answer about it, with "
              "two clear sentences that stay on topic and avoid anything harmful."} for i in range(n)]
@@ -79,23 +93,40 @@ def train_step(model_name: str, dtype: str, steps: int, batch: int, tokens: int)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_sft_trainer(model, loaded.tokenizer, _sft_examples(batch * (steps + 1)), cfg, tmp)
         times = []
-
-        from transformers import TrainerCallback
-
-        class Clock(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                self.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                times.append(time.perf_counter() - self.t)
-
-        trainer.add_callback(Clock())
+        trainer.add_callback(_clock(times))
         trainer.train()
         seqs = [len(x) for x in trainer.train_dataset["input_ids"]]
     step = sum(times[1:]) / len(times[1:])  # the first step warms up
     tokens_per_step = (sum(seqs) / len(seqs) + tokens) * batch
     return {"dtype": dtype, "seconds_per_step": step, "tokens_per_s": tokens_per_step / step,
             "params": sum(p.numel() for p in loaded.model.parameters())}
+
+
+MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"}
+ATTENTION = ("scaled_dot_product", "flash_attention")
+
+
+def step_profile(model_name: str, steps: int, batch: int, tokens: int) -> dict:
+    """Where a bf16 SFT step's time goes, by operator (torch.profiler's self CPU time over ``steps`` steps):
+    matrix products, attention, and everything else (elementwise, norms, copies, the optimiser)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loaded = load_model(model_name, "bf16")
+    model = attach_patch(loaded.model, loaded.tokenizer, num_tokens=tokens)
+    cfg = TrainConfig(batch_size=batch, sft_epochs=1, max_steps=steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_sft_trainer(model, loaded.tokenizer, _sft_examples(batch * steps), cfg, tmp)
+        trainer.train()  # warm-up outside the profile
+        trainer = make_sft_trainer(model, loaded.tokenizer, _sft_examples(batch * steps), cfg, tmp)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.train()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL)
+    attention = sum(e.self_cpu_time_total for e in events if any(a in e.key for a in ATTENTION))
+    top = sorted(((e.key, e.self_cpu_time_total / total) for e in events if e.key not in MATMUL), key=lambda t: -t[1])
+    return {"matmul_share": matmul / total, "attention_share": attention / total,
+            "other_share": 1 - (matmul + attention) / total, "top_other": top[:8]}
 
 
 def dpo_reference(loaded, steps: int, batch: int) -> dict:
@@ -107,8 +138,17 @@ def dpo_reference(loaded, steps: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         trainer = make_dpo_trainer(model, loaded.tokenizer, pairs, cfg, tmp)
+        times = []
+        trainer.add_callback(_clock(times))
         trainer.train()
         out["precomputed_s"] = time.perf_counter() - start
+        data = trainer.train_dataset
+        # every step runs the policy on a batch of chosen and rejected sequences (prompt + answer + the patch)
+        lengths = [2 * len(p) + len(c) + len(r) for p, c, r in
+                   zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
+        step = sum(times[1:]) / max(1, len(times[1:]))
+        out["seconds_per_step"] = step
+        out["tokens_per_s"] = (sum(lengths) / len(lengths) + 2 * 20) * batch / step
         from trl import DPOConfig, DPOTrainer
 
         from compose.train import _dense_head, _drop_extra_adapters, _training_args, dpo_dataset, use_dense_lm_head
@@ -182,9 +222,16 @@ def main() -> int:
           f"{t['speedup']:.2f}x; {bf16['tokens_per_s']:.0f} tokens/s = {achieved:.3f} TFLOP/s = "
           f"{t['utilisation']:.1%} of the measured bf16 matmul throughput")
 
+    d["utilisation"] = d["tokens_per_s"] * flops_per_token / 1e12 / results["matmul_tflops"]["bf16"]
+    print(f"DPO step (batch 8 pairs): {d['tokens_per_s']:.0f} tokens/s = {d['utilisation']:.1%} of the bound")
+    prof = results["profile"] = step_profile(args.model, 2 if args.quick else 3, 8, 20)
+    print(f"SFT step profile: matmul {prof['matmul_share']:.0%}, attention {prof['attention_share']:.0%}, "
+          f"other {prof['other_share']:.0%} of the time; largest others: "
+          + ", ".join(f"{k} {v:.0%}" for k, v in prof["top_other"][:5]))
+
     if args.run_json:
         r = json.loads(Path(args.run_json).read_text())
-        results["run"] = {k: r.get(k) for k in ("run", "strategy", "wall_seconds", "peak_rss_mb")}
+        results["run"] = {k: r.get(k) for k in ("run", "strategy", "wall_seconds", "peak_rss_mb", "phases")}
         print(f"compose run {r.get('strategy')}: wall {r.get('wall_seconds', 0):.0f}s, "
               f"peak memory {r.get('peak_rss_mb', float('nan')):.0f} MB")
 
@@ -198,11 +245,26 @@ def main() -> int:
              f"| batched vs one-at-a-time evaluation (goal >= 5x) | {e['speedup']:.1f}x |",
              f"| DPO precomputed reference vs every step | {d['speedup']:.2f}x |",
              f"| SFT step bf16 vs fp32 | {t['speedup']:.2f}x |",
-             f"| training FLOP utilisation (goal >= 35%) | {t['utilisation']:.1%} |"]
+             f"| SFT tokens/s, share of the bf16 bound (goal >= 35%) | {bf16['tokens_per_s']:.0f}, "
+             f"{t['utilisation']:.1%} |",
+             f"| DPO tokens/s, share of the bf16 bound (goal >= 35%) | {d['tokens_per_s']:.0f}, "
+             f"{d['utilisation']:.1%} |",
+             f"| SFT step time in matmul / attention / other | {prof['matmul_share']:.0%} / "
+             f"{prof['attention_share']:.0%} / {prof['other_share']:.0%} |"]
     if "run" in results:
         lines.append(f"| `compose run` wall time / peak memory | {results['run']['wall_seconds']:.0f}s / "
                      f"{results['run'].get('peak_rss_mb') or float('nan'):.0f} MB |")
-    (out / "perf.md").write_text("\n".join(lines) + "\n")
+        phases = results["run"].get("phases") or {}
+        if phases:
+            lines += ["", "`compose run` wall time by phase (seconds, from its results.json):", "",
+                      "| phase | seconds |", "|---|---|", *(f"| {k} | {v:.0f} |" for k, v in phases.items())]
+    lines += ["", "Largest non-matmul operators of an SFT step (share of its time): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in prof["top_other"])]
+    kept = ""  # sections other benches append (e.g. experiments/bench/scaleout.py's "## Scale-out") stay
+    if (out / "perf.md").is_file():
+        old_text = (out / "perf.md").read_text()
+        kept = old_text[old_text.index("\n## "):] if "\n## " in old_text else ""
+    (out / "perf.md").write_text("\n".join(lines) + "\n" + kept)
     return 0
 
 

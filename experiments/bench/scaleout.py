@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def timed_run(launcher: list[str], threads: int, run_args: list[str], work: Path, name: str) -> float:
     shutil.rmtree(work / name, ignore_errors=True)
+    (work / name).mkdir(parents=True)
     env = {**os.environ, "COMPOSE_CACHE": str(work / name / "cache"), "OMP_NUM_THREADS": str(threads),
            "TQDM_DISABLE": "1"}
     command = [*launcher, "-m", "compose", "--threads", str(threads), "run", *run_args, "--out",
