@@ -116,3 +116,19 @@ def _scores(risk, prompts: list[str], responses: list[str], known: list[float | 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def teacher_gain(risk, model, tokenizer, split: str = "train", limit: int | None = 32):
+    """How much safer the risk's teacher is than the base model, by the risk's own score, on the same prompts of
+    ``split`` (the first ``limit``): the teacher's chosen responses against the base model's greedy ones.
+
+    Returns a paired bootstrap ``Comparison`` (a = base model, b = teacher; diff > 0: the teacher is safer), the
+    thing to check before training on a teacher: a patch cannot learn to be safer than the responses it imitates.
+    """
+    from compose.stats import paired_bootstrap
+
+    prompts = risk.prompts(split, limit)
+    outputs = risk.teacher.respond(risk, model, tokenizer, prompts)
+    base = risk.respond(model, tokenizer, prompts, desc=f"{risk.name}: base answers")
+    teacher = _scores(risk, prompts, [o.chosen for o in outputs], [o.chosen_safety for o in outputs])
+    return paired_bootstrap(risk.score(prompts, base), teacher, name=f"{risk.name}: teacher vs base model")

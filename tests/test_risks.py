@@ -327,3 +327,25 @@ def test_harm_on_the_embedded_model():
     result = get_risk("harm").evaluate(loaded.model, loaded.tokenizer, limit=16)
     assert result.raw["asr"] >= 0.5 and result.raw["over_refusal"] <= 0.5
     assert 1.0 < result.fluency["perplexity"] < 50.0
+
+
+def test_teacher_gain_is_the_teacher_against_the_base_model_by_the_risks_score(tiny):
+    from compose.data import teacher_gain
+
+    harm = get_risk("harm", max_new_tokens=6)
+    gain = teacher_gain(harm, tiny.model, tiny.tokenizer, limit=4)
+    base = harm.score(harm.prompts("train", 4), harm.respond(tiny.model, tiny.tokenizer, harm.prompts("train", 4)))
+    assert gain.n == 4 and gain.b == 1.0  # a refusal prefill is always judged safe
+    assert gain.a == pytest.approx(sum(base) / 4) and gain.diff == pytest.approx(gain.b - gain.a)
+
+
+def test_compose_risks_measures_each_teachers_gain(capsys):
+    from compose.cli import main
+
+    assert main(["risks", "--teacher-gain", "--model", "tiny-random", "--limit", "3", "--risks", "tox,harm"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "teacher safety gain over tiny-random" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["toxicity", "harmfulness"]
+    assert all("n=3" in line and "gain" in line for line in lines[1:])
+    assert main(["risks", "--teacher-gain", "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "compose: error: --limit must be >= 1, got 0"

@@ -6,6 +6,8 @@ import argparse
 import json
 
 from compose.cli.config import DATA_HELP, build_risks, parse_data_args
+from compose.errors import ComposeError
+from compose.models import DEFAULT_MODEL
 from compose.cli.eval import DEFAULT_RISKS
 from risks import list_risks
 from risks.data import overlaps
@@ -18,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "what was removed from given data and what is left; exit status 1 when any is left")
     p.add_argument("--risks", default=DEFAULT_RISKS, help="risks to check with --check-data")
     p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
+    p.add_argument("--teacher-gain", action="store_true",
+                   help="measure each teacher's safety gain over the base model by the risk's own score, on the "
+                        "first --limit training prompts (generates with --model)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="base model for --teacher-gain (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=32, help="training prompts per risk for --teacher-gain")
 
 
 def check_data(risks: list) -> int:
@@ -36,7 +43,26 @@ def check_data(risks: list) -> int:
     return left_total
 
 
+def teacher_gains(risks: list, model: str, limit: int) -> None:
+    """Print each risk's teacher safety against the base model's on the same training prompts (paired bootstrap)."""
+    from compose.data import teacher_gain
+    from compose.models import load_model
+
+    loaded = load_model(model)
+    print(f"teacher safety gain over {model}, by each risk's score on its first {limit} training prompts "
+          f"(mean safety; 95% interval of the paired difference):")
+    for risk in risks:
+        c = teacher_gain(risk, loaded.model, loaded.tokenizer, limit=limit)
+        print(f"  {risk.name:<12} n={c.n:<4} base {c.a:.3f}  teacher {c.b:.3f}  gain {c.diff:+.3f} "
+              f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]  p={c.p_value:.2g}  ({risk.teacher.describe()})")
+
+
 def main(args) -> int:
+    if args.limit < 1:
+        raise ComposeError(f"--limit must be >= 1, got {args.limit}")
+    if args.teacher_gain:
+        teacher_gains(build_risks(args.risks, parse_data_args(args.data), {}), args.model, args.limit)
+        return 0
     if args.check_data:
         risks = build_risks(args.risks, parse_data_args(args.data), {})
         return 1 if check_data(risks) else 0
