@@ -20,6 +20,7 @@ from pathlib import Path
 
 from compose.io import atomic_write_json
 from compose.schema import Field, read_checked
+from compose.stats import paired_bootstrap
 from compose.train import filter_pairs
 
 
@@ -125,8 +126,6 @@ def teacher_gain(risk, model, tokenizer, split: str = "train", limit: int | None
     Returns a paired bootstrap ``Comparison`` (a = base model, b = teacher; diff > 0: the teacher is safer), the
     thing to check before training on a teacher: a patch cannot learn to be safer than the responses it imitates.
     """
-    from compose.stats import paired_bootstrap
-
     prompts = risk.prompts(split, limit)
     outputs = risk.teacher.respond(risk, model, tokenizer, prompts)
     base = risk.respond(model, tokenizer, prompts, desc=f"{risk.name}: base answers")
