@@ -273,6 +273,14 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
         "sft_lr", cfg.train.sft_lr)
     assert config_mod.load_config_file(out / "config.yaml")["risk_train"] == {"bias": {"sft_lr": 0.05, "max_steps": 1}}
 
+    # a recipe file naming one risk, resumed with the same file: the preset's recipe for the other risk still holds
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("risk_train: {tox: {max_steps: 2}}\n")
+    args = ["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy", "sequential",
+            "--config", str(recipe), "--out", str(tmp_path / "recipe")]
+    assert main(args) == 0
+    assert main([*args, "--resume"]) == 0
+
 
 @pytest.mark.parametrize("risk_train, message", [
     ({"bias": {"sft_rate": 0.1}}, "unknown setting 'sft_rate' in risk_train.bias"),

@@ -312,7 +312,12 @@ def main(args) -> int:
             raise ComposeError("--resume needs --out pointing at an earlier run folder (with config.yaml)")
         file = config_mod.load_config_file(Path(args.out) / "config.yaml")
     if args.config:
-        file = {**file, **config_mod.load_config_file(args.config)}
+        given = config_mod.load_config_file(args.config)
+        if args.resume and isinstance(given.get("risk_train"), dict):
+            # per risk over the saved run's: the saved train settings are complete, so a preset's recipe for a risk
+            # the file does not name survives only through the saved risk_train (see resolve_risk_train)
+            given["risk_train"] = {**(file.get("risk_train") or {}), **given["risk_train"]}
+        file = {**file, **given}
     flags = {"risks": args.risks, "strategy": args.strategy, "model": args.model, "dtype": args.dtype,
              "preset": args.preset, "tokens": args.tokens, "seed": args.seed,
              "order": args.order, "train_limit": args.train_limit, "eval_limit": args.eval_limit}
