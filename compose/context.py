@@ -68,7 +68,8 @@ class Stage:
         """Load a finished stage's patch into ``model`` and its row into the matrix; False when not finished."""
         found = self.read()
         if found is None:
-            shutil.rmtree(self.dir, ignore_errors=True)  # a stage killed half-way is redone from scratch
+            # a stage killed half-way is redone from scratch: the main process removes what it left, the others wait
+            distributed.on_main(shutil.rmtree, self.dir, ignore_errors=True)
             self.start = time.perf_counter()
             return False
         weights, evals, info = found
