@@ -4,10 +4,21 @@ Every process runs the same program on the same inputs and takes the same decisi
 
 * training: the TRL trainers run data-parallel (DDP through Accelerate, which finds the process group set up
   here): each process takes its share of every batch and the gradients are averaged, so every process holds the
-  identical patch;
+  identical patch, the one a single process trains (within float rounding). Accelerate hands every process a
+  full share in every step (``even_batches``): when a stage's examples do not fill the last step of an epoch, it
+  fills that step with examples from the start of the epoch's order. ``padded_last_step`` says which examples
+  those are, and ``compose.train`` gives them no weight: SFT masks their labels, so they count in neither the
+  summed loss nor the token count it is divided by; DPO, whose loss is a mean over each process's pairs, makes
+  them neutral pairs and re-weights each process's mean. That step's averaged gradient and logged loss are then
+  one process's on the same real examples (``experiments/results/ddp.md``). Not exact, and why: a stage's
+  ``tokens`` figure counts the tokens the processes ran, the repeats' included, and so do TRL's other logged
+  metrics (entropy, token accuracy, rewards), which the trainers compute and gather themselves; in bfloat16 each
+  process's share of a batch, padded to its own longest sequence, rounds differently from the whole batch, and
+  Adam amplifies that on coordinates whose gradient is near 0;
 * generation and perplexity (``compose.generation``): the batches are built identically everywhere, process r
   computes batches r, r + N, ... (each seeded by its global index, as in one process) and the results are
-  gathered, so every process gets the one-process results;
+  gathered, so every process gets the one-process results; an uneven number of batches leaves some processes one
+  batch fewer, and nothing is computed twice or left out;
 * files: the main process (rank 0) writes; the others wait at a barrier until it has (``on_main``), so nobody
   reads a file before it exists and no two processes write the same one.
 
@@ -153,6 +164,21 @@ def first(fn, *args, **kwargs):
     if kind == "failed":
         raise RuntimeError(f"the main process failed: {value}")
     return value
+
+
+def padded_last_step(per_process: int, examples: int) -> tuple[int, int] | None:
+    """The last step of an epoch over ``examples`` in batches of ``per_process`` examples a process, when it holds
+    repeated examples: (the real examples of this process's batch, its first ones; the real examples of the whole
+    step). None when nothing is repeated: the step is full, or this is the only process.
+
+    Accelerate (``BatchSamplerShard`` with ``even_batches``) deals each step's batches out in rank order from the
+    epoch's order and fills the last step up by cycling from the start of that order, behind the real examples:
+    with 9 examples and 2 per process, the last step is rank 0's [e8, e0] and rank 1's [e1, e2], of which e8 alone
+    is real."""
+    step = examples % (per_process * world_size())
+    if not launched() or step == 0:
+        return None
+    return max(0, min(per_process, step - rank() * per_process)), step
 
 
 def per_process_batch(total: int, setting: str = "batch_size") -> int:

@@ -123,7 +123,8 @@ def _training_args(cls, cfg: TrainConfig, epochs: float, lr: float, output_dir: 
     use_cpu = not torch.cuda.is_available()
     return cls(
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, max_steps=cfg.max_steps,
-        per_device_train_batch_size=distributed.per_process_batch(cfg.batch_size), gradient_accumulation_steps=1, lr_scheduler_type="linear",
+        per_device_train_batch_size=distributed.per_process_batch(cfg.batch_size), gradient_accumulation_steps=1,
+        lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_ratio, weight_decay=0.0, logging_steps=1, save_strategy="no", report_to="none",
         seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu, bf16=False, fp16=False,
         dataloader_num_workers=0, max_length=cfg.max_length, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
@@ -407,7 +408,26 @@ def _run(trainer, result: StageResult) -> None:
     result.tokens = int(trainer.state.num_input_tokens_seen or 0)
 
 
-class PatchSFTTrainer(SFTTrainer):
+class _RepeatsWeighNothing:
+    """Both trainers' handling of the examples Accelerate repeats to fill the last step of an epoch across several
+    processes (``distributed.padded_last_step``): the last batch is dealt with as it is drawn, before the trainer
+    counts its scored tokens, by the trainer's ``_mask_repeats(batch, real, step)`` (``real``: the real examples
+    of this process's batch, its first ones; ``step``: those of the whole step), which takes the repeats out of the
+    loss."""
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        return super().get_batch_samples(map(self._unrepeat, epoch_iterator), num_batches, device)
+
+    def _unrepeat(self, batch: dict) -> dict:
+        # Accelerate's data loader flags the epoch's last batch as it hands it out
+        if self.accelerator.gradient_state.end_of_dataloader:
+            padded = distributed.padded_last_step(self.args.per_device_train_batch_size, len(self.train_dataset))
+            if padded is not None:
+                self._mask_repeats(batch, *padded)
+        return batch
+
+
+class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     """SFTTrainer that knows which examples are retain examples (benign prompts answered by the base model itself).
 
     With ``retain_objective="ce"`` and weight 1 it is TRL's SFT unchanged. Otherwise the loss is computed here, per
@@ -440,7 +460,16 @@ class PatchSFTTrainer(SFTTrainer):
         per_token, scored = self.per_token_loss(model, inputs, retain)
         count = scored.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as in TRL's loss: the count is every process's scored tokens and DDP averages the processes' gradients
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    @staticmethod
+    def _mask_repeats(batch: dict, real: int, step: int) -> None:
+        """No scored token in a repeated example: the loss is a sum over the scored tokens of the step divided by
+        their number across the processes, so the step's loss and gradient become one process's on its real ones."""
+        batch["labels"][real:] = -100
 
     def per_token_loss(self, model, inputs, retain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens."""
@@ -448,13 +477,15 @@ class PatchSFTTrainer(SFTTrainer):
         targets = labels[:, 1:]
         scored = targets != -100
         keep = torch.nn.functional.pad(scored, (0, 1), value=False)  # position t predicts token t + 1
-        logp = torch.log_softmax(_logits_at(model, ids, mask, keep).float(), dim=-1)
+        # across processes ``model`` is the DDP wrapper (its forward averages the gradients), which hides the patch
+        inner = self.accelerator.unwrap_model(model)
+        logp = torch.log_softmax(_logits_at(model, ids, mask, keep, _virtual_tokens(inner)).float(), dim=-1)
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         is_retain = retain.to(ids.device).bool()[rows]
         if self.retain_objective == "kl" and bool(is_retain.any()):
-            with torch.no_grad(), model.disable_adapter():
-                base = torch.log_softmax(_logits_at(model, ids, mask, keep).float(), dim=-1)
+            with torch.no_grad(), inner.disable_adapter():
+                base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
             kl = (base.exp() * (base - logp)).sum(-1)
             per_token = torch.where(is_retain, kl, per_token)
         return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
@@ -473,19 +504,23 @@ class _RetainFlagCollator:
         return batch
 
 
-def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _virtual_tokens(model: PeftModel) -> int:
+    """How many positions an active prompt-learning patch puts in front of every sequence (0: none)."""
+    return model.active_peft_config.num_virtual_tokens if is_patched(model) else 0
+
+
+def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, virtual: int) -> torch.Tensor:
     """Logits of ``model`` at the ``keep`` positions of ``ids`` only, flattened row by row: (kept, vocabulary).
 
-    A prompt-learning patch puts its virtual tokens in front of every sequence; their positions are never kept.
+    ``virtual``: the positions a prompt-learning patch puts in front of every sequence (``_virtual_tokens``), never
+    kept.
     """
-    if is_patched(model):
-        n = model.active_peft_config.num_virtual_tokens
-        keep = torch.cat([keep.new_zeros(keep.shape[0], n), keep], dim=1)
+    keep = torch.cat([keep.new_zeros(keep.shape[0], virtual), keep], dim=1)
     out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
     return out.reshape(-1, out.shape[-1])
 
 
-class PatchDPOTrainer(DPOTrainer):
+class PatchDPOTrainer(_RepeatsWeighNothing, DPOTrainer):
     """DPOTrainer whose reference log-probabilities come from an explicit ``Reference``.
 
     TRL's default reference for an existing PEFT adapter is a copy of that adapter; a patch is instead
@@ -498,7 +533,31 @@ class PatchDPOTrainer(DPOTrainer):
         self.precompute_seconds = 0.0
         if not kwargs["args"].precompute_ref_log_probs:
             raise ValueError("PatchDPOTrainer needs precompute_ref_log_probs=True")
+        if list(kwargs["args"].loss_type) != ["sigmoid"]:  # _mask_repeats relies on its loss at a zero margin
+            raise ValueError("PatchDPOTrainer trains sigmoid DPO only")
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def _mask_repeats(batch: dict, real: int, step: int) -> None:
+        """A repeated pair becomes neutral: no scored token (its log-probabilities are 0 whatever the patch) and a
+        reference of 0 on both sides, so its loss is the constant -log sigmoid(0) = log 2 with no gradient.
+        ``compute_loss`` takes those constants out and re-weights the process's mean loss."""
+        rows = len(batch["ref_chosen_logps"])  # pairs; the sequences are the chosen ones, then the rejected ones
+        batch["completion_mask"][real:rows] = 0
+        batch["completion_mask"][rows + real:] = 0
+        batch["ref_chosen_logps"][real:] = 0
+        batch["ref_rejected_logps"][real:] = 0
+        batch["repeats"] = (rows, real, step)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        repeats = inputs.pop("repeats", None)
+        if repeats is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        rows, real, step = repeats
+        mean = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        # TRL's loss is the mean over this process's pairs and DDP averages the processes' gradients; one process
+        # would take the mean over the step's real pairs: this process's share of that sum, times the processes
+        return (mean * rows - (rows - real) * math.log(2)) * distributed.world_size() / step
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """``dataset`` with the reference log-probabilities of every pair's chosen and rejected responses, computed
