@@ -31,8 +31,11 @@ PRESETS: dict[str, dict] = {
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
                                       "batch_size": 8, "max_length": 160},
               # the refusal decision needs a 10x larger SFT step (harm specialist, n = 200 / 90: ASR 0.815 -> 0.500,
-              # over-refusal 0.033 -> 0.133; at 3e-3 ASR 0.805); toxicity and bias lose ground at that rate
-              "risk_train": {"harmfulness": {"sft_lr": 0.03}}},
+              # over-refusal 0.033 -> 0.133; at 3e-3 ASR 0.805); toxicity and bias lose ground at that rate.
+              # Imitating the safest of 4 sampled continuations makes the toxicity patch continue more and more
+              # toxic (toxic rate 0.125 -> 0.205, n = 200); DPO at 1e-2 for 3 epochs against the most toxic sample
+              # is what lowers it (0.030; experiments/results/recipe/toxicity-sweep)
+              "risk_train": {"harmfulness": {"sft_lr": 0.03}, "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
     "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,
