@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The targets of the quick preset for one seed: the main job (the three-risk sequential-replay patch), the
+# single-risk specialists, and every patch on the real sets of ../shared/data against the targets.
+#   seed 0:            bash experiments/targets.sh
+#   another seed:      SEED=1 bash experiments/targets.sh
+#   over the seeds:    .venv/bin/python experiments/single_risk.py --aggregate experiments/results/single_risk
+# Runs go to $OUT (default runs/targets/seedN); the main job's files are copied into
+# experiments/results/main-job/seedN, the real-set report into experiments/results/single_risk/seedN. A finished
+# run is read, not redone; the base model's real-set evaluation is shared by the seeds (runs/targets/single_risk).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+OUT=${OUT:-runs/targets/seed$SEED}
+"$BIN/compose" run --risks tox,bias,harm --strategy sequential-replay --seed "$SEED" --out "$OUT/main"
+keep "$OUT/main" "experiments/results/main-job/seed$SEED"
+for risk in bias harmfulness; do
+  "$BIN/compose" run --risks "$risk" --strategy sequential --seed "$SEED" --out "$OUT/$risk"
+done
+# the main job's first stage learns toxicity alone, from the base model, with the toxicity recipe: it is the
+# toxicity specialist (the same data, settings and seed as a single-risk run)
+"$BIN/python" experiments/single_risk.py --specialist toxicity="$OUT/main/stages/01-toxicity/patch" \
+  --specialist bias="$OUT/bias/stages/01-bias/patch" \
+  --specialist harmfulness="$OUT/harmfulness/stages/01-harmfulness/patch" \
+  --composed "$OUT/main/patch" --out "runs/targets/single_risk/seed$SEED"
+mkdir -p "experiments/results/single_risk/seed$SEED"
+cp "runs/targets/single_risk/seed$SEED"/{report.md,results.json} "experiments/results/single_risk/seed$SEED/"
