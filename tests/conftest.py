@@ -1,10 +1,20 @@
 """Shared test fixtures: the tiny random model (offline, deterministic) and the real benchmark data folder."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo root
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # ../shared/data from the repo root
+
+
+def experiment(name: str):
+    """The study script experiments/NAME.py as a module (the scripts are not a package: they run from the root)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

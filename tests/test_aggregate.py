@@ -1,6 +1,5 @@
 """experiments/aggregate.py: runs matched across seed folders, mean and sample spread, goals counted per seed."""
 
-import importlib.util
 import statistics
 from pathlib import Path
 
@@ -9,16 +8,14 @@ import pytest
 from compose.errors import ComposeError
 from compose.forgetting import ForgettingMatrix
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "aggregate.py"
+from conftest import experiment
+
 RISKS = ["toxicity", "bias"]
 
 
 @pytest.fixture(scope="module")
 def aggregate():
-    spec = importlib.util.spec_from_file_location("aggregate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment("aggregate")
 
 
 def _matrix(path: Path, rows: list[tuple[str, str, list[float]]], ppl: float = 4.0, risks=RISKS) -> None:

@@ -1,7 +1,6 @@
 """experiments/single_risk.py on the tiny random model: figures with intervals and a targets table in the report,
 the base model evaluated once for every seed, --specialist RISK=PATCH_DIR, one-line errors, the seeds' summary."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,14 @@ from compose.artifact import save_patch
 from compose.models import load_model
 from compose.patch import attach_patch, segments_for
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "single_risk.py"
+from conftest import experiment
+
 SMALL = ["--model", "tiny-random", "--limit", "2", "--samples", "1"]
 
 
 @pytest.fixture(scope="module")
 def single_risk():
-    spec = importlib.util.spec_from_file_location("single_risk", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment("single_risk")
 
 
 @pytest.fixture(scope="module")
