@@ -5,8 +5,9 @@
 #   another seed:      SEED=1 bash experiments/targets.sh
 #   over the seeds:    .venv/bin/python experiments/single_risk.py --aggregate experiments/results/single_risk
 # Runs go to $OUT (default runs/targets/seedN); the main job's files are copied into
-# experiments/results/main-job/seedN, the real-set report into experiments/results/single_risk/seedN. A finished
-# run is read, not redone; the base model's real-set evaluation is shared by the seeds (runs/targets/single_risk).
+# experiments/results/main-job/seedN, the specialists' runs (built-in held-out sets) and the real-set report into
+# experiments/results/single_risk/seedN. A finished run is read, not redone; the base model's real-set evaluation
+# is shared by the seeds (runs/targets/single_risk).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:-runs/targets/seed$SEED}
@@ -14,6 +15,7 @@ OUT=${OUT:-runs/targets/seed$SEED}
 keep "$OUT/main" "experiments/results/main-job/seed$SEED"
 for risk in bias harmfulness; do
   "$BIN/compose" run --risks "$risk" --strategy sequential --seed "$SEED" --out "$OUT/$risk"
+  keep "$OUT/$risk" "experiments/results/single_risk/seed$SEED/builtin-$risk"  # its built-in held-out rows
 done
 # the main job's first stage learns toxicity alone, from the base model, with the toxicity recipe: it is the
 # toxicity specialist (the same data, settings and seed as a single-risk run)
