@@ -212,13 +212,23 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["strategy"] == "sequential"
 
 
+def test_the_run_seed_seeds_training_unless_a_training_seed_is_given():
+    assert resolve(preset="smoke", risks="tox", seed=3).train.seed == 3
+    assert resolve(preset="smoke", risks="tox").train.seed == 0
+    assert resolve(preset="smoke", risks="tox", seed=3, train={"seed": 7}).train.seed == 7
+    assert resolve({"seed": 2, "train": {"seed": 0}}, preset="smoke", risks="tox").train.seed == 0  # a saved run's
+
+
 def test_seeds_run_each_seed_and_pool_them(tmp_path, capsys):
     out = tmp_path / "seeds"
     assert main(["run", "--risks", "tox,bias", "--strategy", "sequential", "--preset", "smoke", "--model",
                  "tiny-random", "--seeds", "0,1", "--out", str(out)]) == 0
     for seed in (0, 1):
-        assert config_mod.load_config_file(out / f"seed{seed}" / "config.yaml")["seed"] == seed
+        saved = config_mod.load_config_file(out / f"seed{seed}" / "config.yaml")
+        assert saved["seed"] == seed and saved["train"]["seed"] == seed  # the seed reaches training too
         assert (out / f"seed{seed}" / "results.json").is_file()
+        stage = json.loads((out / f"seed{seed}" / "stages" / "01-toxicity" / "stage.json").read_text())
+        assert stage["training"]["settings"]["seed"] == seed
     summary = json.loads((out / "seeds.json").read_text())
     assert summary["seeds"] == [0, 1] and set(summary["mean"]) == {"toxicity", "bias", "A"}
     pooled = {c["figure"]: c for c in summary["pooled_vs_base"]}

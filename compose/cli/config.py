@@ -129,6 +129,9 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
     merged: dict = {**preset, **file, **flags, "preset": preset_name}
     train = {**preset.get("train", {}), **(file.get("train") or {}), **(flags.get("train") or {})}
     check_keys(train, [f.name for f in dataclasses.fields(TrainConfig)], "train settings")
+    # the run's seed also seeds training (data order, shuffles), unless a training seed is given: another --seed is
+    # another run in every random choice, not only in the teacher's samples
+    train.setdefault("seed", merged.get("seed", 0))
 
     raw_risks = merged.get("risks")
     if isinstance(raw_risks, str):

@@ -343,7 +343,8 @@ def main(args) -> int:
     distributed.first(claim_output_dir, out, "run", "--out", force=args.force)
     for seed in seeds:
         log.info(f"seed {seed} of {', '.join(map(str, seeds))}")
-        results = execute(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}", force=args.force)
+        results = execute(resolve(file, options=options, **{**flags, "seed": seed}), out / f"seed{seed}",
+                          force=args.force)
         show(summary_table(results, out / f"seed{seed}"))
     matrices = {seed: ForgettingMatrix.load(out / f"seed{seed}" / "forgetting.json") for seed in seeds}
     written, table = write_seed_summary(matrices, out, title=f"{cfg.strategy}: {', '.join(cfg.risks)}")
