@@ -48,6 +48,8 @@ DEFAULT_STRATEGY = "sequential-replay"  # compose run
 SEARCH_STRATEGY = "stacked"
 MAX_TOKENS = 4096  # virtual tokens of one risk's patch: far beyond any useful patch, well inside memory
 CONSTRAINT_KINDS = ("after", "requires", "conflicts")
+# the settings of a risk's recipe (``risk_train``) that size its training data rather than set its training
+RISK_DATA_KEYS = ("train_limit", "retain_limit")
 
 
 @dataclass
@@ -75,7 +77,8 @@ class RunConfig:
     margin: float = 0.2
     min_chosen_safety: float = 0.5
     train: TrainConfig = field(default_factory=TrainConfig)
-    # risk -> training settings that differ for that risk's stages (a preset's recipe per risk; see train_for)
+    # risk -> settings that differ for that risk (a preset's recipe per risk): training settings (see train_for)
+    # and how many of its prompts it learns from (``train_limit``, ``retain_limit``; see limits_for)
     risk_train: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -95,11 +98,18 @@ class RunConfig:
     def train_for(self, risks: list[str] | None) -> TrainConfig:
         """The training settings of a stage that learns ``risks``' data: ``train`` with the ``risk_train``
         settings every one of those risks shares (a joint stage of risks whose recipes differ keeps ``train``)."""
-        overrides = [self.risk_train.get(r, {}) for r in risks or []]
+        overrides = [{k: v for k, v in self.risk_train.get(r, {}).items() if k not in RISK_DATA_KEYS}
+                     for r in risks or []]
         if not overrides:
             return self.train
         common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides[1:])}
         return dataclasses.replace(self.train, **common) if common else self.train
+
+    def limits_for(self, risk: str) -> dict[str, int]:
+        """How many of ``risk``'s prompts its training data holds: ``train_limit`` risk prompts and
+        ``retain_limit`` retain prompts, the run's unless the risk's recipe (``risk_train``) sets its own."""
+        own = self.risk_train.get(risk, {})
+        return {k: int(own.get(k, getattr(self, k))) for k in RISK_DATA_KEYS}
 
     @property
     def total_tokens(self) -> int:
@@ -113,6 +123,12 @@ def settings_schema(cls, overrides: dict[str, Field]) -> dict[str, Field]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         fields[f.name] = Field(kind_of(default), required=False)
     return {**fields, **overrides}
+
+
+def risk_recipe_schema() -> dict[str, Field]:
+    """The settings one risk's recipe (``risk_train.RISK``) may hold: training settings and its data sizes."""
+    return settings_schema(TrainConfig, {"train_limit": Field("int", required=False, minimum=1),
+                                         "retain_limit": Field("int", required=False, minimum=0)})
 
 
 def check_settings(d: dict, where: str) -> dict:
@@ -129,7 +145,7 @@ def check_settings(d: dict, where: str) -> dict:
         if not isinstance(train, dict):
             raise ComposeError(f"{where}: risk_train.{risk} must be a mapping of training settings, e.g. "
                                f"{{sft_lr: 0.03}}")
-        check_fields(train, settings_schema(TrainConfig, {}), f"{where}, risk_train.{risk}")
+        check_fields(train, risk_recipe_schema(), f"{where}, risk_train.{risk}")
     check_fields(d.get("merge") or {}, {"method": Field("str", required=False), "weights": Field("any", required=False),
                                         "density": Field("number", required=False, minimum=0, maximum=1)},
                  f"{where}, merge")

@@ -9,6 +9,7 @@ in their registry and hands the instances in, so this module knows nothing of ``
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import hashlib
 import json
@@ -134,8 +135,10 @@ class RunContext:
         if name in self._data:
             return self._data[name]
         local = self.out_dir / "data" / f"{name}.json"
-        key = self._cache_key("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed",
-                              "margin", "min_chosen_safety", suffix="-" + self._data_key(name))
+        limits = self.cfg.limits_for(name)  # the risk's own data sizes, if its recipe sets them
+        settings = ("model", "dtype", "train_limit", "retain_limit", "max_new_tokens", "samples", "seed", "margin",
+                    "min_chosen_safety")
+        key = self._cache_key(*settings, suffix="-" + self._data_key(name), **limits)
         cached = cache_dir() / "data" / f"{self.loaded.fingerprint.split(':')[-1]}-{name}-{key}.json"
         for path in (local, cached):
             if path.is_file():
@@ -145,7 +148,7 @@ class RunContext:
             start = time.perf_counter()
             torch.manual_seed(self.cfg.seed)
             data = build_training_data(self.risk(name), self.loaded.model, self.loaded.tokenizer, split="train",
-                                       limit=self.cfg.train_limit, retain_limit=self.cfg.retain_limit,
+                                       limit=limits["train_limit"], retain_limit=limits["retain_limit"],
                                        margin=self.cfg.margin, min_chosen_safety=self.cfg.min_chosen_safety,
                                        desc=f"building {name} data")
             self.timings[f"data/{name}"] = time.perf_counter() - start
@@ -156,9 +159,11 @@ class RunContext:
         log.info(f"{name} data: {len(data.sft)} SFT examples, {len(data.pairs)} pairs ({_stats(data.stats)})")
         return data
 
-    def _cache_key(self, *settings: str, suffix: str = "") -> str:
-        """Key of a cached result: the cache version and a hash of the settings it depends on."""
-        return f"v{CACHE_VERSION}-{self.cfg.digest(*settings)}{suffix}"
+    def _cache_key(self, *settings: str, suffix: str = "", **values) -> str:
+        """Key of a cached result: the cache version and a hash of the settings it depends on (``values`` in place
+        of the run's, where the result is one risk's and its recipe sets its own)."""
+        cfg = dataclasses.replace(self.cfg, **values) if values else self.cfg
+        return f"v{CACHE_VERSION}-{cfg.digest(*settings)}{suffix}"
 
     def _data_key(self, name: str) -> str:
         src = {"data": self.cfg.data.get(name), "teacher": self.risk(name).teacher.describe()}
@@ -188,8 +193,9 @@ class RunContext:
         torch.manual_seed(self.cfg.seed)
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
+        sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
-                      probe=watchers)
+                      probe=watchers, balance_groups=groups)
         if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
@@ -202,6 +208,19 @@ class RunContext:
         for r in (s, d):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), "dpo": d.to_dict(), "settings": config.to_dict()}
+
+    def balanced(self, sft: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]]]:
+        """``sft`` with every risk example of a risk that names token sets to balance (``Risk.balance_tokens``)
+        flagged with its group's index, and those groups: what the equalizing loss needs."""
+        groups, owner = [], {}
+        for name, data in self._data.items():
+            tokens = self.risk(name).balance_tokens(self.loaded.tokenizer)
+            if tokens:
+                owner.update({e["prompt"]: len(groups) for e in data.sft if e.get("source") == "risk"})
+                groups.append(tokens)
+        tagged = [{**e, "balance": owner[e["prompt"]]} if e.get("source") == "risk" and e["prompt"] in owner else e
+                  for e in sft]
+        return tagged, groups
 
     def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):
         metrics = {r: {"safety": m["safety"], "raw": m["raw"]} for r, m in (evals or {}).items()}

@@ -51,6 +51,11 @@ class TrainConfig:
                 "(KL from the unpatched model's next-token distribution along that answer: every token's whole "
                 "distribution is kept, not only the sampled token)"})
     retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain examples' SFT loss per token"})
+    balance_weight: float = field(default=0.0, metadata={
+        "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
+                "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
+                "over the answer's positions (the bias risk's GLD, on the teacher's answer), added to every scored "
+                "token of that answer; 0: off"})
     probe_examples: int = field(default=8, metadata={"help": "risk and retain examples (each) held back from training "
                                                              "to watch the decision (DecisionProbe) after every SFT "
                                                              "epoch; 0: none"})
@@ -66,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"retain_objective must be 'ce' or 'kl', got {self.retain_objective!r}")
         if self.retain_weight < 0:
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
+        if self.balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if self.dpo_reference not in ("sft", "base"):
             raise ValueError(f"dpo_reference must be 'sft' or 'base', got {self.dpo_reference!r}")
 
@@ -260,7 +267,8 @@ def sft_dataset(examples: list[dict]):
 
     return Dataset.from_list([{"prompt": chat(e["prompt"]),
                                "completion": [{"role": "assistant", "content": e["completion"]}],
-                               "retain": int(e.get("source") == "retain")} for e in examples])
+                               "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1))}
+                              for e in examples])
 
 
 def dpo_dataset(pairs: list[dict]):
@@ -272,15 +280,17 @@ def dpo_dataset(pairs: list[dict]):
 
 
 def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str,
-                     callbacks=()):
-    """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only."""
+                     callbacks=(), balance_groups=()):
+    """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only.
+    ``balance_groups``: the token-set pairs an example's ``balance`` index names (``PatchSFTTrainer``)."""
     from trl import SFTConfig
 
     args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
                           packing=False)
     trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
-                              retain_weight=cfg.retain_weight)
+                              retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
+                              balance_groups=balance_groups)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -360,9 +370,11 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
               frozen_rows: slice | None = None, desc: str = "",
-              probe: list[DecisionProbe] | list[dict] | None = None) -> StageResult:
+              probe: list[DecisionProbe] | list[dict] | None = None, balance_groups=()) -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
-    ``probe``: ``DecisionProbe``s (or one probe's held-back examples) measured at the start and after every epoch."""
+    ``probe``: ``DecisionProbe``s (or one probe's held-back examples) measured at the start and after every epoch.
+    ``balance_groups``: pairs of token-id sets; an example whose ``balance`` is i also learns to keep the two sets
+    of pair i equally probable (``cfg.balance_weight``)."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
@@ -372,7 +384,7 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
         watchers = [DecisionProbe(model, tokenizer, probe)]
     callbacks = [recorder.callback] + [w.callback() for w in watchers]
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
-        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks)
+        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups)
         _run(trainer, result)
     result.losses = recorder.losses
     result.probes = [point for w in watchers for point in w.history]
@@ -437,27 +449,39 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     off, so it costs one extra forward pass without gradients). The KL keeps what the unpatched model would have
     said at every position, not only its sampled token: on benign look-alikes of harmful requests, the patch is
     pulled back towards the base model's distribution, refusals included at their base-model probability.
+
+    The equalizing loss (``balance_weight`` > 0, after Qian et al. 2019, "Reducing gender bias in word-level
+    language models with a gender-equalizing loss function"): an example whose ``balance`` is i (a risk example of
+    a risk that names two token sets, ``Risk.balance_tokens``) adds to each of its scored tokens ``balance_weight``
+    times its answer's gap |P_a - P_b| / (P_a + P_b), where P_a, P_b are the probabilities of the two sets of
+    ``balance_groups[i]`` summed over the answer's positions: for the bias risk, the GLD of the teacher's answer.
     """
 
-    def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
+                 balance_groups=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
+        self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.data_collator = _RetainFlagCollator(self.data_collator)
 
     @property
     def custom_loss(self) -> bool:
-        return self.retain_objective != "ce" or self.retain_weight != 1.0
+        return self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
+
+    @property
+    def balances(self) -> bool:
+        return self.balance_weight > 0 and bool(self.balance_groups)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "retain" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "retain"]
+        extra = [c for c in ("retain", "balance") if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        retain = inputs.pop("retain")
+        retain, balance = inputs.pop("retain"), inputs.pop("balance")
         if not self.custom_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        per_token, scored = self.per_token_loss(model, inputs, retain)
+        per_token, scored = self.per_token_loss(model, inputs, retain, balance)
         count = scored.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -471,7 +495,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         their number across the processes, so the step's loss and gradient become one process's on its real ones."""
         batch["labels"][real:] = -100
 
-    def per_token_loss(self, model, inputs, retain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_token_loss(self, model, inputs, retain: torch.Tensor,
+                       balance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
@@ -488,19 +513,40 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
             kl = (base.exp() * (base - logp)).sum(-1)
             per_token = torch.where(is_retain, kl, per_token)
+        if self.balances and balance is not None:
+            per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
+                                                                           ids.shape[0])
         return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
+
+    def balance_gap(self, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Per scored token, its answer's gap |P_a - P_b| / (P_a + P_b) over the token sets of the answer's
+        ``balance`` group (0 for the answers of no group)."""
+        gap = logp.new_zeros(logp.shape[0])
+        group = balance[rows]
+        for i, (a, b) in enumerate(self.balance_groups):
+            sel = group == i
+            if not bool(sel.any()):
+                continue
+            probs = logp[sel].exp()
+            p_a = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, a].sum(-1))
+            p_b = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, b].sum(-1))
+            per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
+            gap = gap.index_put((sel.nonzero().squeeze(-1),), per_row[rows[sel]])
+        return gap
 
 
 class _RetainFlagCollator:
-    """Wraps TRL's collator: takes each example's ``retain`` flag out and adds it to the batch as a bool tensor."""
+    """Wraps TRL's collator: takes each example's ``retain`` flag and ``balance`` group out and adds them to the
+    batch as tensors."""
 
     def __init__(self, collate):
         self.collate = collate
 
     def __call__(self, examples: list[dict]) -> dict:
         flags = torch.tensor([bool(e.get("retain", 0)) for e in examples])
-        batch = self.collate([{k: v for k, v in e.items() if k != "retain"} for e in examples])
-        batch["retain"] = flags
+        balance = torch.tensor([int(e.get("balance", -1)) for e in examples])
+        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance")} for e in examples])
+        batch["retain"], batch["balance"] = flags, balance
         return batch
 
 

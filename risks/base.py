@@ -219,6 +219,11 @@ class Risk:
         """The over-corrected answer to each benign retain prompt, given the base model's answer (None: unknown)."""
         return [None] * len(prompts)
 
+    def balance_tokens(self, tokenizer) -> tuple[list[int], list[int]] | None:
+        """Two sets of token ids whose probability a patch should keep equal while it answers this risk's prompts
+        (the equalizing loss of ``TrainConfig.balance_weight``; e.g. male and female words), or None."""
+        return None
+
     # -- generation --------------------------------------------------------------------------------------
     def generation_config(self, samples: int = 1, **overrides):
         """A ``GenerationConfig`` from this risk's options (greedy unless ``samples`` > 1 or overridden)."""

@@ -131,6 +131,11 @@ class GenderBias(Risk):
 
         return BestOfNTeacher(self.options["teacher_n"])
 
+    def balance_tokens(self, tokenizer) -> tuple[list[int], list[int]]:
+        """The male and female attribute tokens GLD weighs: with ``balance_weight`` > 0 the patch learns to put equal
+        mass on both along the teacher's answers (the GLD of that answer, as a loss)."""
+        return gender_token_sets(tokenizer)
+
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [0.0 if any(gendered(r)) else 1.0 for r in responses]
 

@@ -292,7 +292,29 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
     assert main([*args, "--resume"]) == 0
 
 
+def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
+    """risk_train's train_limit / retain_limit size one risk's data; the other risks keep the run's; a user's
+    train_limit for all risks wins over the preset's per-risk one; a training setting stays out of the data."""
+    smoke = {**config_mod.PRESETS["smoke"], "risk_train": {"bias": {"train_limit": 3, "retain_limit": 0}}}
+    monkeypatch.setitem(config_mod.PRESETS, "smoke", smoke)
+    cfg = resolve(model="tiny-random", preset="smoke", risks="tox,bias", strategy="sequential")
+    assert cfg.limits_for("bias") == {"train_limit": 3, "retain_limit": 0}
+    assert cfg.limits_for("toxicity") == {"train_limit": smoke["train_limit"], "retain_limit": smoke["retain_limit"]}
+    assert cfg.train_for(["bias"]) == cfg.train  # data sizes are not training settings
+    assert resolve(preset="smoke", risks="tox,bias", train_limit=5).risk_train == {"bias": {"retain_limit": 0}}
+    assert resolve(preset="smoke", risks="tox,bias", file={"retain_limit": 1}).risk_train == {"bias": {"train_limit": 3}}
+
+    out = tmp_path / "sizes"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias",
+                 "--strategy", "sequential", "--out", str(out)]) == 0
+    data = {r: json.loads((out / "data" / f"{r}.json").read_text()) for r in ("toxicity", "bias")}
+    assert data["bias"]["stats"]["prompts"] == 3 and data["bias"]["stats"]["retain_prompts"] == 0
+    assert data["toxicity"]["stats"]["prompts"] == smoke["train_limit"]
+    assert data["toxicity"]["stats"]["retain_prompts"] == smoke["retain_limit"]
+
+
 @pytest.mark.parametrize("risk_train, message", [
+    ({"bias": {"train_limit": 0}}, "risk_train.bias"),
     ({"bias": {"sft_rate": 0.1}}, "unknown setting 'sft_rate' in risk_train.bias"),
     ({"bias": 0.1}, "risk_train.bias must be a mapping"),
     ({"nonsense": {"sft_lr": 0.1}}, "unknown risk 'nonsense'"),

@@ -279,3 +279,60 @@ def test_kl_retain_training_pulls_the_patch_towards_the_base_model(tiny):
     result = train_sft(model, tiny.tokenizer, RETAIN, cfg)
     after = sum(float(_kl_by_definition(model, ids, labels).sum()) for ids, labels in sequences)
     assert result.steps == 4 and after < 0.5 * before
+
+
+@torch.no_grad()
+def _gap_by_definition(model, ids: torch.Tensor, labels: torch.Tensor, a: list[int], b: list[int]) -> float:
+    """|P_a - P_b| / (P_a + P_b) of one unpadded sequence, the sets' probabilities summed over its answer."""
+    ids, at = ids.unsqueeze(0), (labels[1:] != -100).nonzero().squeeze(-1)
+    probs = torch.softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+    p_a, p_b = float(probs[:, a].sum()), float(probs[:, b].sum())
+    return abs(p_a - p_b) / (p_a + p_b)
+
+
+GROUP = ([5, 17, 40], [9, 33])  # two sets of token ids of the tiny vocabulary
+
+
+def test_the_equalizing_loss_adds_each_answers_gap_to_its_tokens(tiny, tmp_path):
+    """balance_weight w: a flagged answer's tokens each carry w x its gap, as computed from a plain forward pass;
+    answers of no group (-1) and retain answers are untouched."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0)
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
+    assert trainer.custom_loss
+    batch = _first_batch(trainer)
+    retain, balance = batch.pop("retain"), batch.pop("balance")
+    assert sorted(balance.tolist()) == [-1] * 4 + [0] * 4
+    trainer.balance_weight = 0.0
+    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
+    trainer.balance_weight = 2.0
+    with_gap, _ = trainer.per_token_loss(model, batch, retain, balance)
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    for i in range(len(retain)):
+        added = (with_gap - ce)[rows == i]
+        if balance[i] < 0:
+            assert torch.allclose(added, torch.zeros_like(added))
+            continue
+        real = batch["attention_mask"][i].bool()
+        gap = _gap_by_definition(model, batch["input_ids"][i][real], batch["labels"][i][real], *GROUP)
+        assert 0 < gap <= 1 and torch.allclose(added, torch.full_like(added, 2.0 * gap), rtol=1e-3, atol=1e-5)
+
+
+def test_the_equalizing_loss_balances_the_two_sets(tiny):
+    """Trained with it, the answers' gap between the two sets shrinks; without it, on the same data, it does not
+    shrink as much."""
+    examples = [{**e, "balance": 0} for e in SFT[:8]]
+    sequences = _sequences(tiny.tokenizer, examples)
+
+    def gap(model):
+        return sum(_gap_by_definition(model, ids, labels, *GROUP) for ids, labels in sequences) / len(sequences)
+
+    after = {}
+    for weight in (0.0, 5.0):
+        model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+        before = gap(model)
+        cfg = TrainConfig(sft_epochs=6, batch_size=8, sft_lr=3e-2, balance_weight=weight, probe_examples=0)
+        train_sft(model, tiny.tokenizer, examples, cfg, balance_groups=[GROUP])
+        after[weight] = gap(model)
+    assert after[5.0] < 0.5 * before and after[5.0] < after[0.0]

@@ -12,8 +12,8 @@ import json
 
 import yaml
 
-from compose.config import (CONSTRAINT_KINDS, DEFAULT_PRESET, DEFAULT_STRATEGY, PRESETS, RunConfig, check_keys,
-                            check_token_counts, parse_tokens, settings_schema)
+from compose.config import (CONSTRAINT_KINDS, DEFAULT_PRESET, DEFAULT_STRATEGY, PRESETS, RISK_DATA_KEYS, RunConfig,
+                            check_keys, check_token_counts, parse_tokens, settings_schema)
 from compose.errors import ComposeError, suggest
 from compose.generation import MAX_SAMPLES
 from compose.graph import resolve_order as topological_order
@@ -164,8 +164,9 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
             raise ComposeError(f"{key} must be >= 1, got {merged[key]}")
     if merged.get("order", "given") not in ("given", "auto"):
         raise ComposeError(f"unknown order '{merged['order']}'; valid: given, auto")
-    risk_train = resolve_risk_train(preset.get("risk_train") or {}, file.get("risk_train") or {},
-                                    {**(file.get("train") or {}), **(flags.get("train") or {})})
+    user_set = {**(file.get("train") or {}), **(flags.get("train") or {}),
+                **{k: True for k in RISK_DATA_KEYS if k in file or k in flags}}
+    risk_train = resolve_risk_train(preset.get("risk_train") or {}, file.get("risk_train") or {}, user_set)
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
     constraints = canonical_constraints(merged.get("constraints") or {})
@@ -178,17 +179,18 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
         raise ComposeError(f"invalid run settings: {exc}") from exc
 
 
-def resolve_risk_train(preset: dict, file: dict, user_train: dict) -> dict[str, dict]:
-    """Per-risk training settings, by canonical risk name: the preset's recipe per risk, less every setting the
-    user gave for all risks (``train`` in the file, ``--train``: a user's ``sft_lr`` means every stage's), then
-    the file's own ``risk_train`` on top. Every key must be a ``TrainConfig`` field."""
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+def resolve_risk_train(preset: dict, file: dict, user_set: dict) -> dict[str, dict]:
+    """Per-risk recipes, by canonical risk name: the preset's recipe per risk, less every setting the user gave
+    for all risks (``train`` in the file, ``--train``, ``train_limit`` / ``retain_limit``: a user's ``sft_lr``
+    means every stage's), then the file's own ``risk_train`` on top. Every key must be a ``TrainConfig`` field or
+    one of ``RISK_DATA_KEYS``."""
+    valid = [f.name for f in dataclasses.fields(TrainConfig)] + list(RISK_DATA_KEYS)
     out: dict[str, dict] = {}
     for source, where in ((preset, "the preset's risk_train"), (file, "risk_train")):
         for name, settings in source.items():
             check_keys(settings, valid, f"{where}.{name}")
             risk = get_risk(name).name
-            keep = settings if source is file else {k: v for k, v in settings.items() if k not in user_train}
+            keep = settings if source is file else {k: v for k, v in settings.items() if k not in user_set}
             out[risk] = {**out.get(risk, {}), **keep}
     return {r: s for r, s in out.items() if s}
 
