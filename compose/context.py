@@ -220,6 +220,8 @@ class RunContext:
                 groups.append(tokens)
         tagged = [{**e, "balance": owner[e["prompt"]]} if e.get("source") == "risk" and e["prompt"] in owner else e
                   for e in sft]
+        if not any("balance" in e for e in tagged):  # no such risk's example in this stage: plain SFT
+            return sft, []
         return tagged, groups
 
     def save_patch(self, model, path: Path, segments, name: str, training: dict | None, evals: dict | None):

@@ -11,10 +11,16 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:-runs/targets/seed$SEED}
-"$BIN/compose" run --risks tox,bias,harm --strategy sequential-replay --seed "$SEED" --out "$OUT/main"
+run() {  # OUT_DIR ARGS...: a finished run (results.json) is read, not redone; an interrupted one resumes
+  local out=$1; shift
+  if [[ -f "$out/results.json" ]]; then echo "finished: $out"; return; fi
+  local resume=(); if [[ -f "$out/config.yaml" ]]; then resume=(--resume); fi
+  "$BIN/compose" run "$@" --seed "$SEED" --out "$out" "${resume[@]}"
+}
+run "$OUT/main" --risks tox,bias,harm --strategy sequential-replay
 keep "$OUT/main" "experiments/results/main-job/seed$SEED"
 for risk in bias harmfulness; do
-  "$BIN/compose" run --risks "$risk" --strategy sequential --seed "$SEED" --out "$OUT/$risk"
+  run "$OUT/$risk" --risks "$risk" --strategy sequential
   keep "$OUT/$risk" "experiments/results/single_risk/seed$SEED/builtin-$risk"  # its built-in held-out rows
 done
 # the main job's first stage learns toxicity alone, from the base model, with the toxicity recipe: it is the
