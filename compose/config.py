@@ -29,7 +29,7 @@ PRESETS: dict[str, dict] = {
     # as many benign retain prompts as risk prompts: with 16 the composed patch refused 74% of benign look-alikes
     "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 48, "eval_limit": 200, "max_new_tokens": 32,
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
-                                      "batch_size": 8, "max_length": 160, "balance_weight": 20.0},
+                                      "batch_size": 8, "max_length": 160},
               # the refusal decision needs a 10x larger SFT step (harm specialist, n = 200 / 90: ASR 0.815 -> 0.500,
               # over-refusal 0.033 -> 0.133; at 3e-3 ASR 0.805); toxicity and bias lose ground at that rate. With
               # 48 harmful prompts it stops at ASR 0.31-0.39 on AdvBench; 120 of them, every benign retain prompt
@@ -37,10 +37,13 @@ PRESETS: dict[str, dict] = {
               # Imitating the safest of 4 sampled continuations makes the toxicity patch continue more and more
               # toxic (toxic rate 0.125 -> 0.205, n = 200); DPO at 1e-2 for 3 epochs against the most toxic sample
               # is what lowers it (0.030; experiments/results/recipe/toxicity-sweep). The equalizing loss on the bias
-              # examples (balance_weight, wherever they are learned) with SFT at 1e-2 lowers GLD 0.451 -> 0.327
-              # (n = 200; GAS 0.300 -> 0.265; experiments/results/recipe/bias-sweep)
+              # examples with SFT at 1e-2 lowers GLD 0.451 -> 0.327 (n = 200; GAS 0.300 -> 0.265;
+              # experiments/results/recipe/bias-sweep). In the bias stage only: set for every stage, it also weighs
+              # on the replayed bias examples of the harm stage, which then does not learn to refuse (main job,
+              # seed 0: ASR 0.790 after the harm stage, the refusal's first-token probability 0.06 -> 0.11)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102},
-                             "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3}, "bias": {"sft_lr": 0.01}}},
+                             "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
+                             "bias": {"sft_lr": 0.01, "balance_weight": 20.0}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
     "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,
