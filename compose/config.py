@@ -25,7 +25,8 @@ PRESETS: dict[str, dict] = {
     # seconds on the tiny model: for tests and for checking a set-up
     "smoke": {"tokens": 4, "train_limit": 6, "retain_limit": 2, "eval_limit": 4, "max_new_tokens": 8,
               "samples": 2, "train": {"sft_epochs": 1, "dpo_epochs": 1, "batch_size": 4, "max_length": 320}},
-    # the default: a real run on the embedded model on 2 CPU cores (about 16 minutes for three risks, n = 200);
+    # the default: a real run on the embedded model on 2 CPU cores (three risks, n = 200: about 19 minutes from an
+    # empty cache, 15 with the teacher data and base evaluation cached);
     # as many benign retain prompts as risk prompts: with 16 the composed patch refused 74% of benign look-alikes
     "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 48, "eval_limit": 200, "max_new_tokens": 32,
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
@@ -40,7 +41,8 @@ PRESETS: dict[str, dict] = {
               # examples with SFT at 1e-2 lowers GLD 0.451 -> 0.327 (n = 200; GAS 0.300 -> 0.265;
               # experiments/results/recipe/bias-sweep). In the bias stage only: set for every stage, it also weighs
               # on the replayed bias examples of the harm stage, which then does not learn to refuse (main job,
-              # seed 0: ASR 0.790 after the harm stage, the refusal's first-token probability 0.06 -> 0.11)
+              # seed 0: ASR 0.790 after the harm stage, the refusal's first-token probability 0.06 -> 0.11;
+              # experiments/results/main-job-balance-everywhere)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
                              "bias": {"sft_lr": 0.01, "balance_weight": 20.0}}},
