@@ -1,6 +1,6 @@
 """The quick preset's recipe works on the embedded model: the harm patch refuses held-out harmful requests it never
 saw, significantly more often than the base model, on the built-in held-out split and on AdvBench, without refusing
-the real benign look-alikes (real model: slow, about 10 minutes on 2 cores)."""
+the real benign look-alikes (real model: slow, about 7 minutes on 2 cores)."""
 
 import json
 
