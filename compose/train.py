@@ -531,7 +531,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             p_a = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, a].sum(-1))
             p_b = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, b].sum(-1))
             per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
-            gap = gap.index_put((sel.nonzero().squeeze(-1),), per_row[rows[sel]])
+            gap = torch.where(sel, per_row[rows], gap)
         return gap
 
 

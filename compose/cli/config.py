@@ -164,8 +164,8 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
             raise ComposeError(f"{key} must be >= 1, got {merged[key]}")
     if merged.get("order", "given") not in ("given", "auto"):
         raise ComposeError(f"unknown order '{merged['order']}'; valid: given, auto")
-    user_set = {**(file.get("train") or {}), **(flags.get("train") or {}),
-                **{k: True for k in RISK_DATA_KEYS if k in file or k in flags}}
+    user_set = {*(file.get("train") or {}), *(flags.get("train") or {}),
+                *(k for k in RISK_DATA_KEYS if k in file or k in flags)}
     risk_train = resolve_risk_train(preset.get("risk_train") or {}, file.get("risk_train") or {}, user_set)
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
@@ -179,7 +179,7 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
         raise ComposeError(f"invalid run settings: {exc}") from exc
 
 
-def resolve_risk_train(preset: dict, file: dict, user_set: dict) -> dict[str, dict]:
+def resolve_risk_train(preset: dict, file: dict, user_set: set[str]) -> dict[str, dict]:
     """Per-risk recipes, by canonical risk name: the preset's recipe per risk, less every setting the user gave
     for all risks (``train`` in the file, ``--train``, ``train_limit`` / ``retain_limit``: a user's ``sft_lr``
     means every stage's), then the file's own ``risk_train`` on top. Every key must be a ``TrainConfig`` field or
