@@ -194,6 +194,11 @@ class RunContext:
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
         sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
+        if config.balance_weight > 0 and not groups:
+            named = [r for r in self.order if self.risk(r).balance_tokens(self.loaded.tokenizer)]
+            log.warning(f"{desc}: balance_weight={config.balance_weight:g} has no effect: none of this stage's "
+                        f"examples belongs to a risk that names token sets to balance "
+                        f"({', '.join(named) or 'no risk of this run does'})")
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
                       probe=watchers, balance_groups=groups)
         if config.dpo_reference == "sft" and s.steps:

@@ -1,6 +1,7 @@
 """`compose run` end to end on the tiny model with the smoke preset: every strategy, resume, bad input."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -290,6 +291,16 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
             "--config", str(recipe), "--out", str(tmp_path / "recipe")]
     assert main(args) == 0
     assert main([*args, "--resume"]) == 0
+
+
+def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog):
+    """balance_weight on a stage whose examples belong to no risk naming token sets to balance: a warning that
+    names the risks that do (none in a toxicity-only run), and plain SFT."""
+    with caplog.at_level(logging.WARNING, logger="compose.run"):
+        assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy",
+                     "sequential", "--train", "balance_weight=5", "--out", str(tmp_path / "tox")]) == 0
+    warned = [r.getMessage() for r in caplog.records if "balance_weight=5 has no effect" in r.getMessage()]
+    assert len(warned) == 1 and "no risk of this run does" in warned[0]
 
 
 def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
