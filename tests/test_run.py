@@ -293,14 +293,22 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
     assert main([*args, "--resume"]) == 0
 
 
-def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog):
-    """balance_weight on a stage whose examples belong to no risk naming token sets to balance: a warning that
-    names the risks that do (none in a toxicity-only run), and plain SFT."""
+def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog, monkeypatch):
+    """balance_weight in a run with no risk naming token sets to balance: a warning, and plain SFT; a preset's
+    per-risk weight (meant for runs with the bias risk) stays silent."""
     with caplog.at_level(logging.WARNING, logger="compose.run"):
         assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy",
                      "sequential", "--train", "balance_weight=5", "--out", str(tmp_path / "tox")]) == 0
     warned = [r.getMessage() for r in caplog.records if "balance_weight=5 has no effect" in r.getMessage()]
-    assert len(warned) == 1 and "no risk of this run does" in warned[0]
+    assert len(warned) == 1 and "no risk of this run names token sets" in warned[0]
+
+    caplog.clear()
+    smoke = {**config_mod.PRESETS["smoke"], "risk_train": {"toxicity": {"balance_weight": 5.0}}}
+    monkeypatch.setitem(config_mod.PRESETS, "smoke", smoke)
+    with caplog.at_level(logging.WARNING, logger="compose.run"):
+        assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy",
+                     "sequential", "--out", str(tmp_path / "preset")]) == 0
+    assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
 
 
 def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
