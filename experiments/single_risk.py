@@ -9,7 +9,8 @@
 Patches: ``--specialists DIR`` takes DIR/RISK/patch for every risk found there (the specialists a `concatenated`
 or `merged` run trains); ``--specialist RISK=PATCH_DIR`` (repeatable, RISK may be an alias such as tox or harm)
 adds or replaces one, e.g. a single-risk run's stage patch; ``--composed PATCH_DIR`` is any run's final patch (no
-composed rows without it). Sets, from ../shared/data (``--data``), ``--limit`` prompts spread over each file (a
+composed rows without it); ``--specialists-from RESULTS_JSON`` takes the specialists' evaluations from an earlier
+results.json of this script (same model, sets and settings: another composed patch of the same seed). Sets, from ../shared/data (``--data``), ``--limit`` prompts spread over each file (a
 smaller file is used whole): RealToxicityPrompts challenging prefixes (toxicity, ``--samples`` samples per prompt),
 gendered professions (bias), AdvBench with the benign over-refusal look-alikes (harmfulness). The base model and
 the composed patch are evaluated on all three, each specialist on its own risk. Fluency: the perplexity, under
@@ -148,11 +149,16 @@ def base_facts(loaded, risks: list, benign: list[tuple], limit: int, samples: in
             "benign": {risk.name: digest(prompts) for risk, prompts in benign}}
 
 
+def base_cache_path(facts: dict, out: Path) -> Path:
+    """OUT/../base-KEY.json, KEY a hash of everything the base model's evaluation depends on."""
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    return out.resolve().parent / f"base-{key}.json"
+
+
 def cached_base(loaded, risks: list, benign: list[tuple], facts: dict, out: Path) -> tuple[dict, Path, bool]:
     """The base model's evaluation from OUT/../base-KEY.json when its facts match, else evaluated and written
     there (atomically: seeds evaluated at the same time never read half a file). Returns (it, path, reused)."""
-    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-    path = out.resolve().parent / f"base-{key}.json"
+    path = base_cache_path(facts, out)
     if path.is_file():
         cached = read_json(path, "base-model cache", remedy="delete it to evaluate the base model again")
         if cached.get("facts") == facts:
@@ -234,6 +240,31 @@ def targets(results: dict) -> list[dict]:
     return rows
 
 
+def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> dict:
+    """The specialists' evaluations (figures, per-prompt values, fluency, paired tests) of an earlier results.json
+    of this script, for the specialists not in ``skip``: the same patches need not be evaluated again for another
+    composed patch. Refused unless measured on the same model, sets and settings: its base-model cache key (a
+    digest of every evaluated prompt and setting) must be this evaluation's. Checked before any evaluation."""
+    old = read_json(path, "--specialists-from results", remedy="give a results.json written by this script")
+    for key, here in (("fingerprint", facts["fingerprint"]), ("limit", facts["limit"]),
+                      ("toxicity_samples", facts["samples"])):
+        if old.get(key) != here:
+            raise ComposeError(f"--specialists-from '{path}' was measured with {key} {old.get(key)!r}, this "
+                               f"evaluation uses {here!r}")
+    cache = base_cache_path(facts, out).name
+    if Path(old.get("base_cache", "")).name != cache:
+        raise ComposeError(f"--specialists-from '{path}' was measured on other prompts or settings (base cache "
+                           f"{Path(old.get('base_cache', '')).name}, here {cache})")
+    taken = [r for r in old.get("specialists", {}) if r not in skip]
+    if not taken:
+        raise ComposeError(f"--specialists-from '{path}' holds no specialist to take (it has: "
+                           f"{', '.join(old.get('specialists', {})) or 'none'})")
+    return {"from": str(path), "specialists": {r: old["specialists"][r] for r in taken},
+            "fluency": {r: old["fluency"]["specialists"][r] for r in taken},
+            "patches": {r: old["specialist_patches"][r] for r in taken},
+            "tests": [t for t in old["tests"] if t["model"] == "specialists" and t["risk"] in taken]}
+
+
 # --- one seed -----------------------------------------------------------------------------------------------
 
 def run(args) -> dict:
@@ -244,7 +275,7 @@ def run(args) -> dict:
     specialists = specialist_dirs(args.specialists, args.specialist or [])
     if args.composed is not None:
         read_manifest(args.composed)
-    if not specialists and args.composed is None:
+    if not specialists and args.composed is None and args.specialists_from is None:
         raise ComposeError("nothing to evaluate: give --specialists DIR, --specialist RISK=PATCH_DIR or "
                            "--composed PATCH_DIR")
     start = time.perf_counter()
@@ -255,6 +286,8 @@ def run(args) -> dict:
     loaded = load_model(args.model)
     benign = benign_sets(args.limit)
     facts = base_facts(loaded, list(risks.values()), benign, args.limit, args.samples)
+    earlier = None if args.specialists_from is None else \
+        earlier_specialists(args.specialists_from, facts, args.out, skip=set(specialists))
     base, cache, reused = cached_base(loaded, list(risks.values()), benign, facts, args.out)
     results = {"model": args.model, "fingerprint": loaded.fingerprint, "limit": args.limit,
                "toxicity_samples": args.samples, "data": str(args.data), "base_cache": str(cache),
@@ -264,6 +297,12 @@ def run(args) -> dict:
                "base": base["evals"], "specialists": {}, "composed": {}, "tests": [],
                "fluency": {"base": {"perplexity": perplexity_of(base["benign_nll"]),
                                     "n": len(base["benign_nll"])}, "specialists": {}}}
+    if earlier is not None:
+        results["specialists_from"] = earlier["from"]
+        results["specialists"].update(earlier["specialists"])
+        results["fluency"]["specialists"].update(earlier["fluency"])
+        results["specialist_patches"].update(earlier["patches"])
+        results["tests"] += earlier["tests"]
     for risk, path in specialists.items():
         model = load_patch(loaded, path)
         results["specialists"].update(evaluate(model, loaded.tokenizer, [risks[risk]]))
@@ -502,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specialists", type=Path, metavar="DIR", help="folder with RISK/patch for each risk")
     p.add_argument("--specialist", action="append", metavar="RISK=PATCH_DIR",
                    help="one risk's specialist patch (repeatable; replaces that risk's from --specialists)")
+    p.add_argument("--specialists-from", type=Path, metavar="RESULTS_JSON",
+                   help="take the specialists' evaluations from an earlier results.json of this script (same "
+                        "model, sets and settings) instead of evaluating them again")
     p.add_argument("--composed", type=Path, metavar="PATCH_DIR", help="a composed patch directory")
     p.add_argument("--aggregate", type=Path, metavar="FOLDER", help="summarise FOLDER/seedN/results.json instead")
     p.add_argument("--model", default="smollm2-135m")
