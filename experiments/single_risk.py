@@ -391,7 +391,9 @@ def report(results: dict, title: str) -> str:
     lines += targets_table(results["targets"])
     own = ", ".join(f"{risk} `{path}`" for risk, path in results["specialist_patches"].items()) or "none"
     composed = f"`{results['composed_patch']}`" if results["composed_patch"] else "none"
-    lines += ["", f"Patches: specialists {own}; composed {composed}. Wall time {results['seconds']:.0f}s.", ""]
+    taken = (f" (evaluated earlier: their figures are those of `{results['specialists_from']}`)"
+             if results.get("specialists_from") else "")
+    lines += ["", f"Patches: specialists {own}{taken}; composed {composed}. Wall time {results['seconds']:.0f}s.", ""]
     return "\n".join(lines)
 
 

@@ -127,6 +127,7 @@ def test_specialists_from_an_earlier_evaluation(single_risk, patches, shared_dat
     assert second["specialists"] == first["specialists"] and second["specialists_from"] == str(earlier)
     assert second["specialist_patches"] == first["specialist_patches"]
     assert [t for t in second["tests"] if t["model"] == "specialists"] == first["tests"]
+    assert f"(evaluated earlier: their figures are those of `{earlier}`)" in (out / "report.md").read_text()
     ids = [t["id"] for t in second["targets"]]
     assert "composed: bias safety within 0.10 of its specialist" in ids and "bias specialist: GLD <= 50% of base" in ids
     capsys.readouterr()
