@@ -53,6 +53,10 @@ def _safety(row: Row, risk: str, where: str) -> list[float]:
 def seed_targets(main: Path, single: Path) -> list[dict]:
     """One seed: per risk, composed vs specialist and composed vs base, with whether the target is met."""
     base, composed = _row(main / "forgetting.json")
+    first = ForgettingMatrix.load(main / "forgetting.json").rows[1]
+    if first.trained != "toxicity":
+        raise ComposeError(f"{main}: the first stage trained {first.trained}, not toxicity (its first stage is the "
+                           "toxicity specialist: train toxicity first)")
     own = {"toxicity": _row(main / "forgetting.json", "toxicity")[1],
            "bias": _row(single / "builtin-bias" / "forgetting.json", "bias")[1],
            "harmfulness": _row(single / "builtin-harmfulness" / "forgetting.json", "harmfulness")[1]}
