@@ -23,7 +23,7 @@ import torch
 
 from compose import distributed
 from compose.artifact import patch_matrix, save_patch
-from compose.config import CONSTRAINT_KINDS, PRESETS, RunConfig
+from compose.config import CONSTRAINT_KINDS, RunConfig
 from compose.data import TrainingData, build_training_data
 from compose.evaluate import evaluate_risks
 from compose.forgetting import ForgettingMatrix
@@ -194,10 +194,12 @@ class RunContext:
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
         sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
-        if config.balance_weight > 0 and not groups and not self._preset_weight(risks, config.balance_weight) \
+        if self.cfg.train.balance_weight > 0 and not groups \
                 and not any(self.risk(r).balance_tokens(self.loaded.tokenizer) for r in self.order):
-            log.warning(f"{desc}: balance_weight={config.balance_weight:g} has no effect: no risk of this run names "
-                        f"token sets to balance (the bias risk does)")
+            # a weight for every risk that no risk can use (a risk's own recipe may name one for the replayed
+            # examples of a risk that is not in this run: that is silent)
+            log.warning(f"{desc}: balance_weight={self.cfg.train.balance_weight:g} has no effect: no risk of this "
+                        f"run names token sets to balance (the bias risk does)")
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
                       probe=watchers, balance_groups=groups)
         if config.dpo_reference == "sft" and s.steps:
@@ -212,12 +214,6 @@ class RunContext:
         for r in (s, d):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), "dpo": d.to_dict(), "settings": config.to_dict()}
-
-    def _preset_weight(self, risks: list[str] | None, weight: float) -> bool:
-        """Whether ``weight`` is the preset's own equalizing weight for one of ``risks`` (a recipe meant for runs
-        with the bias risk, silent in a run without it)."""
-        recipes = PRESETS.get(self.cfg.preset, {}).get("risk_train", {})
-        return any(recipes.get(r, {}).get("balance_weight") == weight for r in risks or [])
 
     def balanced(self, sft: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]]]:
         """``sft`` with every risk example of a risk that names token sets to balance (``Risk.balance_tokens``)

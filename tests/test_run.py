@@ -294,8 +294,8 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
 
 
 def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog, monkeypatch):
-    """balance_weight in a run with no risk naming token sets to balance: a warning, and plain SFT; a preset's
-    per-risk weight (meant for runs with the bias risk) stays silent."""
+    """balance_weight for every risk in a run with no risk naming token sets to balance: a warning, and plain SFT;
+    a risk's own recipe's weight (meant for the replayed examples of the bias risk) stays silent."""
     with caplog.at_level(logging.WARNING, logger="compose.run"):
         assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy",
                      "sequential", "--train", "balance_weight=5", "--out", str(tmp_path / "tox")]) == 0
