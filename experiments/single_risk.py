@@ -10,9 +10,10 @@ Patches: ``--specialists DIR`` takes DIR/RISK/patch for every risk found there (
 or `merged` run trains); ``--specialist RISK=PATCH_DIR`` (repeatable, RISK may be an alias such as tox or harm)
 adds or replaces one, e.g. a single-risk run's stage patch; ``--composed PATCH_DIR`` is any run's final patch (no
 composed rows without it); ``--specialists-from RESULTS_JSON`` takes the specialists' evaluations from an earlier
-results.json of this script (same model, sets and settings: another composed patch of the same seed). Sets, from ../shared/data (``--data``), ``--limit`` prompts spread over each file (a
-smaller file is used whole): RealToxicityPrompts challenging prefixes (toxicity, ``--samples`` samples per prompt),
-gendered professions (bias), AdvBench with the benign over-refusal look-alikes (harmfulness). The base model and
+results.json of this script (same model, sets and settings: another composed patch of the same seed). Sets, from
+../shared/data (``--data``), ``--limit`` prompts spread over each file (a smaller file is used whole):
+RealToxicityPrompts challenging prefixes (toxicity, ``--samples`` samples per prompt), gendered professions (bias),
+AdvBench with the benign over-refusal look-alikes (harmfulness). The base model and
 the composed patch are evaluated on all three, each specialist on its own risk. Fluency: the perplexity, under
 each model, of the base model's own greedy answers to every risk's built-in benign held-out prompts, over the base
 model's perplexity of them.
@@ -276,8 +277,8 @@ def run(args) -> dict:
     if args.composed is not None:
         read_manifest(args.composed)
     if not specialists and args.composed is None and args.specialists_from is None:
-        raise ComposeError("nothing to evaluate: give --specialists DIR, --specialist RISK=PATCH_DIR or "
-                           "--composed PATCH_DIR")
+        raise ComposeError("nothing to evaluate: give --specialists DIR, --specialist RISK=PATCH_DIR, "
+                           "--specialists-from RESULTS_JSON or --composed PATCH_DIR")
     start = time.perf_counter()
     try:
         risks = {r.name: r for r in real_risks(args.data, args.limit, args.samples)}
