@@ -24,7 +24,7 @@ from trl import DPOTrainer, SFTTrainer
 
 from compose import distributed
 from compose.generation import is_patched
-from compose.patch import freeze_rows, prompt_parameter
+from compose.patch import freeze_rows, get_prompt, prompt_parameter
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ class TrainConfig:
                 "(KL from the unpatched model's next-token distribution along that answer: every token's whole "
                 "distribution is kept, not only the sampled token)"})
     retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain examples' SFT loss per token"})
+    replay_objective: str = field(default="ce", metadata={
+        "help": "how SFT learns the replayed risk examples of earlier stages: ce (cross-entropy on their teacher's "
+                "answer) or kl (KL from the next-token distribution of the patch as this stage began, along that "
+                "answer: the stage keeps what the earlier stages taught instead of learning it again)"})
     balance_weight: float = field(default=0.0, metadata={
         "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
@@ -69,6 +73,8 @@ class TrainConfig:
             raise ValueError("epochs must be >= 0")
         if self.retain_objective not in ("ce", "kl"):
             raise ValueError(f"retain_objective must be 'ce' or 'kl', got {self.retain_objective!r}")
+        if self.replay_objective not in ("ce", "kl"):
+            raise ValueError(f"replay_objective must be 'ce' or 'kl', got {self.replay_objective!r}")
         if self.retain_weight < 0:
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
         if self.balance_weight < 0:
@@ -267,7 +273,8 @@ def sft_dataset(examples: list[dict]):
 
     return Dataset.from_list([{"prompt": chat(e["prompt"]),
                                "completion": [{"role": "assistant", "content": e["completion"]}],
-                               "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1))}
+                               "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1)),
+                               "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain")}
                               for e in examples])
 
 
@@ -280,9 +287,10 @@ def dpo_dataset(pairs: list[dict]):
 
 
 def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str,
-                     callbacks=(), balance_groups=()):
+                     callbacks=(), balance_groups=(), replay_reference: Reference | None = None):
     """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only.
-    ``balance_groups``: the token-set pairs an example's ``balance`` index names (``PatchSFTTrainer``)."""
+    ``balance_groups``: the token-set pairs an example's ``balance`` index names; ``replay_reference``: the model
+    the replayed examples are kept close to with ``replay_objective: kl`` (``PatchSFTTrainer``)."""
     from trl import SFTConfig
 
     args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
@@ -290,7 +298,8 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
     trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
-                              balance_groups=balance_groups)
+                              balance_groups=balance_groups,
+                              replay_reference=replay_reference if cfg.replay_objective == "kl" else None)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -370,11 +379,14 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
               frozen_rows: slice | None = None, desc: str = "",
-              probe: list[DecisionProbe] | list[dict] | None = None, balance_groups=()) -> StageResult:
+              probe: list[DecisionProbe] | list[dict] | None = None, balance_groups=(),
+              replay_reference: Reference | None = None) -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
     ``probe``: ``DecisionProbe``s (or one probe's held-back examples) measured at the start and after every epoch.
     ``balance_groups``: pairs of token-id sets; an example whose ``balance`` is i also learns to keep the two sets
-    of pair i equally probable (``cfg.balance_weight``)."""
+    of pair i equally probable (``cfg.balance_weight``). ``replay_reference``: with ``cfg.replay_objective`` kl,
+    the replayed examples (``replay_of``) learn the KL from it instead of their answer's cross-entropy (default:
+    the patch as it is now, before this training)."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
@@ -384,7 +396,9 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
         watchers = [DecisionProbe(model, tokenizer, probe)]
     callbacks = [recorder.callback] + [w.callback() for w in watchers]
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
-        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups)
+        if cfg.replay_objective == "kl" and replay_reference is None and _is_prompt_learning(model):
+            replay_reference = Reference(prefix=get_prompt(model))
+        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups, replay_reference)
         _run(trainer, result)
     result.losses = recorder.losses
     result.probes = [point for w in watchers for point in w.history]
@@ -455,18 +469,26 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     a risk that names two token sets, ``Risk.balance_tokens``) adds to each of its scored tokens ``balance_weight``
     times its answer's gap |P_a - P_b| / (P_a + P_b), where P_a, P_b are the probabilities of the two sets of
     ``balance_groups[i]`` summed over the answer's positions: for the bias risk, the GLD of the teacher's answer.
+
+    Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
+    example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
+    answer's cross-entropy, as in Learning without Forgetting / dark experience replay: the stage keeps what the
+    earlier stages made of that risk rather than learning the earlier teacher's answer again (one extra forward
+    pass without gradients over the batch's replayed examples). The equalizing loss still adds to them.
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), **kwargs):
+                 balance_groups=(), replay_reference: Reference | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
+        self.replay_reference = replay_reference
         self.data_collator = _RetainFlagCollator(self.data_collator)
 
     @property
     def custom_loss(self) -> bool:
-        return self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
+        return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
+                or self.replay_reference is not None)
 
     @property
     def balances(self) -> bool:
@@ -474,14 +496,14 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in ("retain", "balance") if c not in self._signature_columns]
+        extra = [c for c in ("retain", "balance", "replay") if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        retain, balance = inputs.pop("retain"), inputs.pop("balance")
+        retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
         if not self.custom_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        per_token, scored = self.per_token_loss(model, inputs, retain, balance)
+        per_token, scored = self.per_token_loss(model, inputs, retain, balance, replay)
         count = scored.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -495,8 +517,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         their number across the processes, so the step's loss and gradient become one process's on its real ones."""
         batch["labels"][real:] = -100
 
-    def per_token_loss(self, model, inputs, retain: torch.Tensor,
-                       balance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_token_loss(self, model, inputs, retain: torch.Tensor, balance: torch.Tensor | None = None,
+                       replay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
@@ -513,6 +535,13 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
             kl = (base.exp() * (base - logp)).sum(-1)
             per_token = torch.where(is_retain, kl, per_token)
+        if self.replay_reference is not None and replay is not None and bool(replay.any()):
+            with_replay = replay.to(ids.device).bool()
+            is_replay = with_replay[rows]
+            anchored = prefixed_log_probs(inner, self.replay_reference, ids[with_replay], mask[with_replay],
+                                          keep[with_replay])
+            kl = (anchored.exp() * (anchored - logp[is_replay])).sum(-1)
+            per_token = per_token.masked_scatter(is_replay, kl)
         if self.balances and balance is not None:
             per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
                                                                            ids.shape[0])
@@ -545,8 +574,10 @@ class _RetainFlagCollator:
     def __call__(self, examples: list[dict]) -> dict:
         flags = torch.tensor([bool(e.get("retain", 0)) for e in examples])
         balance = torch.tensor([int(e.get("balance", -1)) for e in examples])
-        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance")} for e in examples])
-        batch["retain"], batch["balance"] = flags, balance
+        replay = torch.tensor([bool(e.get("replay", 0)) for e in examples])
+        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay")}
+                              for e in examples])
+        batch["retain"], batch["balance"], batch["replay"] = flags, balance, replay
         return batch
 
 
@@ -657,6 +688,24 @@ def reference_log_probs(model: PeftModel, reference: Reference, input_ids, atten
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         logps[scored] = picked
     return logps
+
+
+def prefixed_log_probs(model: PeftModel, reference: Reference, ids: torch.Tensor, mask: torch.Tensor,
+                       keep: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities under ``reference`` (the base model, with its fixed soft prompt if any) at the
+    ``keep`` positions of ``ids`` only, flattened row by row as ``_logits_at`` gives them: (kept, vocabulary)."""
+    base = model.get_base_model()
+    adapter_off = contextlib.nullcontext() if _is_prompt_learning(model) else model.disable_adapter()
+    with torch.no_grad(), adapter_off:
+        embeds = base.get_input_embeddings()(ids)
+        if reference.prefix is not None and reference.prefix.shape[0] > 0:
+            n, batch = reference.prefix.shape[0], ids.shape[0]
+            prefix = reference.prefix.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+            embeds = torch.cat([prefix, embeds], dim=1)
+            mask = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+        hidden = base.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, -ids.shape[1]:][keep]
+        return torch.log_softmax(base.get_output_embeddings()(hidden).float(), dim=-1)
 
 
 def _is_prompt_learning(model: PeftModel) -> bool:

@@ -281,6 +281,74 @@ def test_kl_retain_training_pulls_the_patch_towards_the_base_model(tiny):
     assert result.steps == 4 and after < 0.5 * before
 
 
+def test_replayed_examples_learn_the_kl_from_the_patch_as_the_stage_began(tiny, tmp_path):
+    """replay_objective kl: a replayed risk example's tokens carry KL(p_start || p_now), p_start being the patch as
+    the trainer was made, computed here by two plain forward passes; other risk and retain tokens are untouched,
+    and at the start (the patch is its own reference) the KL is zero."""
+    from compose.patch import get_prompt, set_prompt
+
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    replayed = [{**e, "replay_of": "toxicity"} for e in SFT[:3]]
+    examples = replayed + SFT[3:6] + RETAIN[:2]
+    cfg = TrainConfig(batch_size=8, replay_objective="kl")
+    start = get_prompt(model)
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), replay_reference=Reference(start))
+    assert trainer.custom_loss
+    batch = _first_batch(trainer)
+    retain, replay = batch["retain"], batch["replay"]
+    assert int(replay.sum()) == 3 and not bool((replay & retain).any())
+    zero, scored = trainer.per_token_loss(model, batch, retain, None, replay)
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    assert torch.allclose(zero[replay[rows]], torch.zeros(()), atol=1e-5)
+
+    set_prompt(model, start + 0.5 * torch.randn_like(start))  # the patch moves away from where the stage began
+    loss, _ = trainer.per_token_loss(model, batch, retain, None, replay)
+    trainer.replay_reference = None
+    ce, _ = trainer.per_token_loss(model, batch, retain, None, replay)
+    assert torch.allclose(loss[~replay[rows]], ce[~replay[rows]])
+    for i in range(len(replay)):
+        if replay[i]:
+            real = batch["attention_mask"][i].bool()
+            expected = _kl_between(model, start, batch["input_ids"][i][real], batch["labels"][i][real])
+            assert float(expected.sum()) > 0
+            assert torch.allclose(loss[rows == i], expected, rtol=1e-3, atol=1e-4)
+
+
+@torch.no_grad()
+def _kl_between(model, start: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_start || p_now) at each labelled position of one unpadded sequence, ``start`` being another patch
+    matrix, swapped in for one forward pass."""
+    from compose.patch import get_prompt, set_prompt
+
+    ids, at = ids.unsqueeze(0), (labels[1:] != -100).nonzero().squeeze(-1)
+    now = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+    current = get_prompt(model)
+    set_prompt(model, start)
+    before = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+    set_prompt(model, current)
+    return (before.exp() * (before - now)).sum(-1)
+
+
+def test_kl_replay_keeps_what_the_earlier_stage_taught(tiny):
+    """Trained on new answers for new prompts with old prompts replayed, the kl objective keeps the patch's answers
+    to the old prompts closer to where the stage began than the cross-entropy on their old answers does."""
+    from compose.patch import get_prompt
+
+    old = [{"prompt": f"Describe colour {i}.", "completion": "A colour is a colour, and that is all.",
+            "replay_of": "earlier"} for i in range(8)]
+    new = [{"prompt": f"Tell me about item {i}.", "completion": "The quick brown fox jumps over the lazy dog."}
+           for i in range(16)]
+    sequences = _sequences(tiny.tokenizer, old)
+    drift = {}
+    for objective in ("ce", "kl"):
+        model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+        start = get_prompt(model)
+        cfg = TrainConfig(sft_epochs=3, batch_size=8, sft_lr=3e-2, replay_objective=objective, probe_examples=0)
+        train_sft(model, tiny.tokenizer, old + new, cfg)
+        drift[objective] = sum(float(_kl_between(model, start, ids, labels).sum()) for ids, labels in sequences)
+    assert drift["kl"] < 0.8 * drift["ce"]
+
+
 @torch.no_grad()
 def _gap_by_definition(model, ids: torch.Tensor, labels: torch.Tensor, a: list[int], b: list[int]) -> float:
     """|P_a - P_b| / (P_a + P_b) of one unpadded sequence, the sets' probabilities summed over its answer."""
