@@ -178,6 +178,9 @@ def test_filter_pairs_keeps_clear_and_acceptable():
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="beta"):
         TrainConfig(beta=0)
+    for name in ("retain_objective", "replay_objective"):
+        with pytest.raises(ValueError, match=f"{name} must be 'ce' or 'kl', got 'mse'"):
+            TrainConfig(**{name: "mse"})
 
 
 def test_decision_probe_watches_the_first_tokens_on_held_back_prompts(tiny):
