@@ -668,22 +668,11 @@ def reference_log_probs(model: PeftModel, reference: Reference, input_ids, atten
     Returns ``(batch, seq_len - 1)``, aligned with the real tokens whatever the reference's prefix length.
     Only the scored positions go through the LM head.
     """
-    base = model.get_base_model()
-    # A prompt-learning patch lives outside the base model, so calling the base model directly skips it; other
-    # adapters (LoRA, for comparisons) sit inside its layers and must be switched off explicitly.
-    adapter_off = contextlib.nullcontext() if _is_prompt_learning(model) else model.disable_adapter()
-    with torch.no_grad(), adapter_off:
-        embeds = base.get_input_embeddings()(input_ids)
-        if reference.prefix is not None and reference.prefix.shape[0] > 0:
-            n, batch = reference.prefix.shape[0], input_ids.shape[0]
-            prefix = reference.prefix.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-            embeds = torch.cat([prefix, embeds], dim=1)
-            attention_mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)
-        hidden = base.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        hidden = hidden[:, -input_ids.shape[1]:-1]  # the real tokens' positions, each predicting the next one
-        targets = labels[:, 1:]
-        scored = targets != -100
-        logits = base.get_output_embeddings()(hidden[scored]).float()
+    targets = labels[:, 1:]
+    scored = targets != -100
+    with torch.no_grad(), _adapter_off(model):
+        hidden = _prefixed_hidden(model, reference, input_ids, attention_mask)[:, :-1]  # each predicts the next
+        logits = model.get_base_model().get_output_embeddings()(hidden[scored]).float()
         picked = torch.log_softmax(logits, dim=-1).gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
         logps[scored] = picked
@@ -692,20 +681,31 @@ def reference_log_probs(model: PeftModel, reference: Reference, input_ids, atten
 
 def prefixed_log_probs(model: PeftModel, reference: Reference, ids: torch.Tensor, mask: torch.Tensor,
                        keep: torch.Tensor) -> torch.Tensor:
-    """Next-token log-probabilities under ``reference`` (the base model, with its fixed soft prompt if any) at the
-    ``keep`` positions of ``ids`` only, flattened row by row as ``_logits_at`` gives them: (kept, vocabulary)."""
+    """Next-token log-probabilities under ``reference`` at the ``keep`` positions of ``ids`` only, flattened row by
+    row as ``_logits_at`` gives them: (kept, vocabulary)."""
+    with torch.no_grad(), _adapter_off(model):
+        hidden = _prefixed_hidden(model, reference, ids, mask)[keep]
+        return torch.log_softmax(model.get_base_model().get_output_embeddings()(hidden).float(), dim=-1)
+
+
+def _adapter_off(model: PeftModel):
+    """A prompt-learning patch lives outside the base model, so calling the base model directly skips it; other
+    adapters (LoRA, for comparisons) sit inside its layers and must be switched off explicitly."""
+    return contextlib.nullcontext() if _is_prompt_learning(model) else model.disable_adapter()
+
+
+def _prefixed_hidden(model: PeftModel, reference: Reference, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The base model's last hidden states with ``reference``'s fixed soft prompt (if any) in front, at the
+    positions of ``ids`` only: (batch, seq_len, hidden)."""
     base = model.get_base_model()
-    adapter_off = contextlib.nullcontext() if _is_prompt_learning(model) else model.disable_adapter()
-    with torch.no_grad(), adapter_off:
-        embeds = base.get_input_embeddings()(ids)
-        if reference.prefix is not None and reference.prefix.shape[0] > 0:
-            n, batch = reference.prefix.shape[0], ids.shape[0]
-            prefix = reference.prefix.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-            embeds = torch.cat([prefix, embeds], dim=1)
-            mask = torch.cat([mask.new_ones(batch, n), mask], dim=1)
-        hidden = base.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        hidden = hidden[:, -ids.shape[1]:][keep]
-        return torch.log_softmax(base.get_output_embeddings()(hidden).float(), dim=-1)
+    embeds = base.get_input_embeddings()(ids)
+    if reference.prefix is not None and reference.prefix.shape[0] > 0:
+        n, batch = reference.prefix.shape[0], ids.shape[0]
+        prefix = reference.prefix.to(embeds.device, embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        embeds = torch.cat([prefix, embeds], dim=1)
+        mask = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+    hidden = base.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    return hidden[:, -ids.shape[1]:]
 
 
 def _is_prompt_learning(model: PeftModel) -> bool:
