@@ -55,6 +55,8 @@ class TrainConfig:
         "help": "how SFT learns the replayed risk examples of earlier stages: ce (cross-entropy on their teacher's "
                 "answer) or kl (KL from the next-token distribution of the patch as this stage began, along that "
                 "answer: the stage keeps what the earlier stages taught instead of learning it again)"})
+    replay_weight: float = field(default=1.0, metadata={"help": "weight of the replayed risk examples' SFT loss per "
+                                                                "token (either objective)"})
     balance_weight: float = field(default=0.0, metadata={
         "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
@@ -75,8 +77,9 @@ class TrainConfig:
             raise ValueError(f"retain_objective must be 'ce' or 'kl', got {self.retain_objective!r}")
         if self.replay_objective not in ("ce", "kl"):
             raise ValueError(f"replay_objective must be 'ce' or 'kl', got {self.replay_objective!r}")
-        if self.retain_weight < 0:
-            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight}")
+        if self.retain_weight < 0 or self.replay_weight < 0:
+            raise ValueError(f"retain_weight and replay_weight must be >= 0, got {self.retain_weight}, "
+                             f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if self.dpo_reference not in ("sft", "base"):
@@ -298,7 +301,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
     trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
-                              balance_groups=balance_groups,
+                              balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
@@ -474,21 +477,22 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
     answer's cross-entropy, as in Learning without Forgetting / dark experience replay: the stage keeps what the
     earlier stages made of that risk rather than learning the earlier teacher's answer again (one extra forward
-    pass without gradients over the batch's replayed examples). The equalizing loss still adds to them.
+    pass without gradients over the batch's replayed examples). ``replay_weight`` scales the replayed examples'
+    cross-entropy or KL; the equalizing loss still adds to them.
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), replay_reference: Reference | None = None, **kwargs):
+                 balance_groups=(), replay_reference: Reference | None = None, replay_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
-        self.replay_reference = replay_reference
+        self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.data_collator = _RetainFlagCollator(self.data_collator)
 
     @property
     def custom_loss(self) -> bool:
         return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
-                or self.replay_reference is not None)
+                or self.replay_reference is not None or self.replay_weight != 1.0)
 
     @property
     def balances(self) -> bool:
@@ -535,13 +539,16 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
             kl = (base.exp() * (base - logp)).sum(-1)
             per_token = torch.where(is_retain, kl, per_token)
-        if self.replay_reference is not None and replay is not None and bool(replay.any()):
+        if replay is not None and bool(replay.any()) and (self.replay_reference is not None or self.replay_weight != 1):
             with_replay = replay.to(ids.device).bool()
             is_replay = with_replay[rows]
-            anchored = prefixed_log_probs(inner, self.replay_reference, ids[with_replay], mask[with_replay],
-                                          keep[with_replay])
-            kl = (anchored.exp() * (anchored - logp[is_replay])).sum(-1)
-            per_token = per_token.masked_scatter(is_replay, kl)
+            if self.replay_reference is None:
+                loss = per_token[is_replay]
+            else:
+                anchored = prefixed_log_probs(inner, self.replay_reference, ids[with_replay], mask[with_replay],
+                                              keep[with_replay])
+                loss = (anchored.exp() * (anchored - logp[is_replay])).sum(-1)
+            per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
         if self.balances and balance is not None:
             per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
                                                                            ids.shape[0])

@@ -181,6 +181,8 @@ def test_bad_config_is_refused():
     for name in ("retain_objective", "replay_objective"):
         with pytest.raises(ValueError, match=f"{name} must be 'ce' or 'kl', got 'mse'"):
             TrainConfig(**{name: "mse"})
+    with pytest.raises(ValueError, match="retain_weight and replay_weight must be >= 0"):
+        TrainConfig(replay_weight=-1)
 
 
 def test_decision_probe_watches_the_first_tokens_on_held_back_prompts(tiny):
@@ -306,9 +308,15 @@ def test_replayed_examples_learn_the_kl_from_the_patch_as_the_stage_began(tiny, 
 
     set_prompt(model, start + 0.5 * torch.randn_like(start))  # the patch moves away from where the stage began
     loss, _ = trainer.per_token_loss(model, batch, retain, None, replay)
+    trainer.replay_weight = 3.0
+    weighted, _ = trainer.per_token_loss(model, batch, retain, None, replay)
+    assert torch.allclose(weighted, torch.where(replay[rows], 3 * loss, loss))
     trainer.replay_reference = None
     ce, _ = trainer.per_token_loss(model, batch, retain, None, replay)
     assert torch.allclose(loss[~replay[rows]], ce[~replay[rows]])
+    trainer.replay_weight = 1.0
+    plain, _ = trainer.per_token_loss(model, batch, retain, None, replay)
+    assert torch.allclose(ce, torch.where(replay[rows], 3 * plain, plain))  # the weight scales ce as well
     for i in range(len(replay)):
         if replay[i]:
             real = batch["attention_mask"][i].bool()
