@@ -39,15 +39,14 @@ PRESETS: dict[str, dict] = {
               # toxic (toxic rate 0.125 -> 0.205, n = 200); DPO at 1e-2 for 3 epochs against the most toxic sample
               # is what lowers it (0.030; experiments/results/recipe/toxicity-sweep). The equalizing loss on the bias
               # examples with SFT at 1e-2 lowers GLD 0.451 -> 0.327 (n = 200; GAS 0.300 -> 0.265;
-              # experiments/results/recipe/bias-sweep). The harm stage of the main job keeps the earlier stages'
-              # replayed examples where those stages left them (KL from the patch as the stage began) and the
-              # equalizing loss on the replayed bias examples at an eighth of the bias stage's weight: without
-              # either it undoes the bias stage (main job, seed 0: GLD 0.287 -> 0.585); with the equalizing loss at
-              # full weight it does not learn to refuse (ASR 0.790); at 5 without the KL, seed 2 loses part of the
-              # bias gain (GLD 0.330 -> 0.468); with the KL at 5 it keeps it (0.308) but learns less refusal (ASR
-              # 0.325); with the KL at 2.5, GLD 0.336 and ASR 0.075 (experiments/results/composition)
+              # experiments/results/recipe/bias-sweep). The harm stage of the main job keeps it on the replayed bias
+              # examples at a quarter of that weight: without it the harm stage undoes the bias stage (main job,
+              # seed 0: GLD 0.287 -> 0.585); at the full weight it does not learn to refuse (ASR 0.790, the refusal's
+              # first-token probability 0.06 -> 0.11); at 5 it does both in seed 0 (GLD 0.343, ASR 0.065). Keeping
+              # the replayed examples by KL instead (replay_objective: kl) moved the same trade-off between seeds
+              # without removing it (experiments/results/composition)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102,
-                                             "balance_weight": 2.5, "replay_objective": "kl"},
+                                             "balance_weight": 5.0},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
                              "bias": {"sft_lr": 0.01, "balance_weight": 20.0}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
