@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compose.models import load_model
-from compose.patch import attach_patch, count_parameters, get_prompt
+from compose.patch import attach_patch, count_parameters, get_prompt, set_prompt
 from compose.train import (Reference, TrainConfig, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo, train_sft,
                            use_dense_lm_head)
 
@@ -290,8 +290,6 @@ def test_replayed_examples_learn_the_kl_from_the_patch_as_the_stage_began(tiny, 
     """replay_objective kl: a replayed risk example's tokens carry KL(p_start || p_now), p_start being the patch as
     the trainer was made, computed here by two plain forward passes; other risk and retain tokens are untouched,
     and at the start (the patch is its own reference) the KL is zero."""
-    from compose.patch import get_prompt, set_prompt
-
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     replayed = [{**e, "replay_of": "toxicity"} for e in SFT[:3]]
     examples = replayed + SFT[3:6] + RETAIN[:2]
@@ -329,8 +327,6 @@ def test_replayed_examples_learn_the_kl_from_the_patch_as_the_stage_began(tiny, 
 def _kl_between(model, start: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(p_start || p_now) at each labelled position of one unpadded sequence, ``start`` being another patch
     matrix, swapped in for one forward pass."""
-    from compose.patch import get_prompt, set_prompt
-
     ids, at = ids.unsqueeze(0), (labels[1:] != -100).nonzero().squeeze(-1)
     now = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
     current = get_prompt(model)
@@ -343,8 +339,6 @@ def _kl_between(model, start: torch.Tensor, ids: torch.Tensor, labels: torch.Ten
 def test_kl_replay_keeps_what_the_earlier_stage_taught(tiny):
     """Trained on new answers for new prompts with old prompts replayed, the kl objective keeps the patch's answers
     to the old prompts closer to where the stage began than the cross-entropy on their old answers does."""
-    from compose.patch import get_prompt
-
     old = [{"prompt": f"Describe colour {i}.", "completion": "A colour is a colour, and that is all.",
             "replay_of": "earlier"} for i in range(8)]
     new = [{"prompt": f"Tell me about item {i}.", "completion": "The quick brown fox jumps over the lazy dog."}
