@@ -399,7 +399,10 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
         watchers = [DecisionProbe(model, tokenizer, probe)]
     callbacks = [recorder.callback] + [w.callback() for w in watchers]
     with tempfile.TemporaryDirectory() as tmp, _trainer_scope(model, frozen_rows):
-        if cfg.replay_objective == "kl" and replay_reference is None and _is_prompt_learning(model):
+        if cfg.replay_objective == "kl" and replay_reference is None:
+            if not _is_prompt_learning(model):
+                raise ValueError("replay_objective kl keeps the replayed examples at a soft prompt; this model's "
+                                 "adapter is not one (use replay_objective ce)")
             replay_reference = Reference(prefix=get_prompt(model))
         trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups, replay_reference)
         _run(trainer, result)
@@ -537,8 +540,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         if self.retain_objective == "kl" and bool(is_retain.any()):
             with torch.no_grad(), inner.disable_adapter():
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
-            kl = (base.exp() * (base - logp)).sum(-1)
-            per_token = torch.where(is_retain, kl, per_token)
+            per_token = torch.where(is_retain, _kl(base, logp), per_token)
         if replay is not None and bool(replay.any()) and (self.replay_reference is not None or self.replay_weight != 1):
             with_replay = replay.to(ids.device).bool()
             is_replay = with_replay[rows]
@@ -547,7 +549,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             else:
                 anchored = prefixed_log_probs(inner, self.replay_reference, ids[with_replay], mask[with_replay],
                                               keep[with_replay])
-                loss = (anchored.exp() * (anchored - logp[is_replay])).sum(-1)
+                loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
         if self.balances and balance is not None:
             per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
@@ -693,6 +695,11 @@ def prefixed_log_probs(model: PeftModel, reference: Reference, ids: torch.Tensor
     with torch.no_grad(), _adapter_off(model):
         hidden = _prefixed_hidden(model, reference, ids, mask)[keep]
         return torch.log_softmax(model.get_base_model().get_output_embeddings()(hidden).float(), dim=-1)
+
+
+def _kl(reference: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(reference || current) per row of two log-probability tensors over the vocabulary."""
+    return (reference.exp() * (reference - logp)).sum(-1)
 
 
 def _adapter_off(model: PeftModel):

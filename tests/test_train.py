@@ -141,6 +141,8 @@ def test_lora_adapter_trains_against_the_base_model(tmp_path):
     cfg = TrainConfig(sft_epochs=2, batch_size=8, sft_lr=3e-2)
     sft = train_sft(model, loaded.tokenizer, SFT, cfg)
     assert sft.steps == 4 and sft.losses[-1] < sft.losses[0]
+    with pytest.raises(ValueError, match="replay_objective kl keeps the replayed examples at a soft prompt"):
+        train_sft(model, loaded.tokenizer, SFT, TrainConfig(batch_size=8, replay_objective="kl"))
     trainer = make_dpo_trainer(model, loaded.tokenizer, PAIRS[:4], TrainConfig(batch_size=4), str(tmp_path))
     batch = next(iter(trainer.get_train_dataloader()))
     fresh = attach_patch(load_model("tiny-random").model, loaded.tokenizer, num_tokens=1)  # only its base is used
