@@ -57,6 +57,11 @@ class TrainConfig:
                 "answer: the stage keeps what the earlier stages taught instead of learning it again)"})
     replay_weight: float = field(default=1.0, metadata={"help": "weight of the replayed risk examples' SFT loss per "
                                                                 "token (either objective)"})
+    replay_projection: str = field(default="none", metadata={
+        "help": "none, or agem: where the gradient of this stage's own examples would raise the replayed examples' "
+                "loss (their dot product is negative), that component is removed before the step (A-GEM, Chaudhry "
+                "et al. 2019), so a stage learns its risk in directions that do not undo the earlier ones; the "
+                "replayed examples' own gradient is added as usual (one process only)"})
     balance_weight: float = field(default=0.0, metadata={
         "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"retain_objective must be 'ce' or 'kl', got {self.retain_objective!r}")
         if self.replay_objective not in ("ce", "kl"):
             raise ValueError(f"replay_objective must be 'ce' or 'kl', got {self.replay_objective!r}")
+        if self.replay_projection not in ("none", "agem"):
+            raise ValueError(f"replay_projection must be 'none' or 'agem', got {self.replay_projection!r}")
         if self.retain_weight < 0 or self.replay_weight < 0:
             raise ValueError(f"retain_weight and replay_weight must be >= 0, got {self.retain_weight}, "
                              f"{self.replay_weight}")
@@ -100,6 +107,7 @@ class StageResult:
     seconds: float = 0.0
     tokens: int = 0
     probes: list[dict] = field(default_factory=list)  # DecisionProbe measurements (SFT with held-back examples)
+    projected_steps: int | None = None  # replay_projection agem: the steps whose stage gradient was projected
 
     @property
     def seconds_per_step(self) -> float:
@@ -109,13 +117,14 @@ class StageResult:
         if not self.steps:
             return f"{self.stage}: skipped ({self.examples} examples)"
         first, last = self.losses[0], self.losses[-1]
+        projected = "" if self.projected_steps is None else f", {self.projected_steps} projected"
         return (f"{self.stage}: {self.steps} steps on {self.examples} examples, loss {first:.3f} -> {last:.3f}, "
-                f"{self.seconds:.1f}s ({self.seconds_per_step:.2f}s/step)")
+                f"{self.seconds:.1f}s ({self.seconds_per_step:.2f}s/step){projected}")
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "steps": self.steps, "examples": self.examples, "losses": self.losses,
                 "seconds": self.seconds, "tokens": self.tokens, "seconds_per_step": self.seconds_per_step,
-                "probes": self.probes}
+                "probes": self.probes, "projected_steps": self.projected_steps}
 
 
 @dataclass
@@ -302,7 +311,8 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
-                              replay_reference=replay_reference if cfg.replay_objective == "kl" else None)
+                              replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
+                              replay_projection=cfg.replay_projection)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -406,6 +416,8 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
             replay_reference = Reference(prefix=get_prompt(model))
         trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups, replay_reference)
         _run(trainer, result)
+    if cfg.replay_projection == "agem":
+        result.projected_steps = trainer.projected_steps
     result.losses = recorder.losses
     result.probes = [point for w in watchers for point in w.history]
     log.info(result.summary())
@@ -482,20 +494,32 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     earlier stages made of that risk rather than learning the earlier teacher's answer again (one extra forward
     pass without gradients over the batch's replayed examples). ``replay_weight`` scales the replayed examples'
     cross-entropy or KL; the equalizing loss still adds to them.
+
+    Gradient projection (``replay_projection="agem"``, after A-GEM, Chaudhry et al. 2019, "Efficient Lifelong
+    Learning with A-GEM"): a batch's own examples (this stage's risk and retain examples) and its replayed examples
+    are run as two sub-batches, giving the gradients g_new and g_replay of their shares of the step's loss; where
+    g_new . g_replay < 0, g_new loses its component along g_replay, so to first order the step does not raise the
+    replayed examples' loss; the step then follows g_new + g_replay. The two sub-batches cost about what the whole
+    batch does.
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), replay_reference: Reference | None = None, replay_weight: float = 1.0, **kwargs):
+                 balance_groups=(), replay_reference: Reference | None = None, replay_weight: float = 1.0,
+                 replay_projection: str = "none", **kwargs):
+        if replay_projection == "agem" and distributed.active():
+            raise ValueError("replay_projection agem runs in one process (its two sub-batch gradients bypass the "
+                             "gradient exchange between processes); use replay_projection none with several")
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
+        self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
 
     @property
     def custom_loss(self) -> bool:
         return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
-                or self.replay_reference is not None or self.replay_weight != 1.0)
+                or self.replay_reference is not None or self.replay_weight != 1.0 or self.replay_projection != "none")
 
     @property
     def balances(self) -> bool:
@@ -510,6 +534,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
         if not self.custom_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.replay_projection == "agem" and model.training and torch.is_grad_enabled() and bool(replay.any()):
+            loss = self.projected_loss(model, inputs, retain, balance, replay, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
         per_token, scored = self.per_token_loss(model, inputs, retain, balance, replay)
         count = scored.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
@@ -517,6 +544,34 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             # as in TRL's loss: the count is every process's scored tokens and DDP averages the processes' gradients
             loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def projected_loss(self, model, inputs, retain: torch.Tensor, balance: torch.Tensor, replay: torch.Tensor,
+                       num_items_in_batch=None) -> torch.Tensor:
+        """The step's loss (its value: the batch's loss as without projection), built so that its gradient is
+        ``project(g_new) + g_replay`` (see the class): each sub-batch's gradient is taken here, and the returned
+        loss carries the combined gradient through a surrogate term whose value is zero."""
+        count = inputs["labels"][:, 1:].ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
+        params = [p for p in model.parameters() if p.requires_grad]
+        losses, grads = [], []
+        for rows in (~replay.bool(), replay.bool()):
+            if not bool(rows.any()):
+                losses.append(torch.zeros((), device=params[0].device))
+                grads.append([torch.zeros_like(p) for p in params])
+                continue
+            part = _rows_of(inputs, rows)
+            per_token, _ = self.per_token_loss(model, part, retain[rows], balance[rows], replay[rows])
+            loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
+            grad = torch.autograd.grad(loss, params, allow_unused=True)
+            losses.append(loss.detach())
+            grads.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, grad)])
+        g_new, g_replay = grads
+        dot = sum((a * b).sum() for a, b in zip(g_new, g_replay))
+        if float(dot) < 0:
+            norm = sum((b * b).sum() for b in g_replay)
+            g_new = [a - dot / norm.clamp(min=1e-20) * b for a, b in zip(g_new, g_replay)]
+            self.projected_steps += 1
+        surrogate = sum((p * (a + b)).sum() for p, a, b in zip(params, g_new, g_replay))
+        return surrogate - surrogate.detach() + losses[0] + losses[1]
 
     @staticmethod
     def _mask_repeats(batch: dict, real: int, step: int) -> None:
@@ -571,6 +626,17 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
             gap = torch.where(sel, per_row[rows], gap)
         return gap
+
+
+def _rows_of(batch: dict, rows: torch.Tensor) -> dict:
+    """The ``rows`` of a right-padded batch of (batch, length) tensors, without the columns that are padding in all
+    of them."""
+    part = {k: v[rows.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == rows.shape else v for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(1).max())
+    if bool(part["attention_mask"][:, width:].any()):  # padded on the left: keep every column
+        return part
+    return {k: v[:, :width] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == batch["input_ids"].shape[1] else v
+            for k, v in part.items()}
 
 
 class _RetainFlagCollator:

@@ -7,8 +7,8 @@ import torch
 
 from compose.models import load_model
 from compose.patch import attach_patch, count_parameters, get_prompt, set_prompt
-from compose.train import (Reference, TrainConfig, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo, train_sft,
-                           use_dense_lm_head)
+from compose.train import (Reference, TrainConfig, _rows_of, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo,
+                           train_sft, use_dense_lm_head)
 
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
 PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
@@ -411,3 +411,71 @@ def test_the_equalizing_loss_balances_the_two_sets(tiny):
         train_sft(model, tiny.tokenizer, examples, cfg, balance_groups=[GROUP])
         after[weight] = gap(model)
     assert after[5.0] < 0.5 * before and after[5.0] < after[0.0]
+
+
+def _patch_grad(model, loss: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    return grad
+
+
+def test_agem_projection_removes_only_what_would_raise_the_replayed_loss(tiny, tmp_path):
+    """replay_projection agem: the step's gradient is g_new + g_replay, from the two sub-batches' plain per-token
+    losses, with g_new's component along g_replay removed exactly when they conflict; its value is the whole
+    batch's loss. Checked on a patch where the two conflict and on one where they do not."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    replayed = [{"prompt": f"Describe colour {i}.", "completion": "The quick brown fox jumps over the lazy dog.",
+                 "replay_of": "earlier"} for i in range(3)]
+    examples = replayed + SFT[:3] + RETAIN[:2]
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, TrainConfig(batch_size=8, replay_projection="agem"),
+                               str(tmp_path))
+    assert trainer.custom_loss
+    batch = _first_batch(trainer)
+    retain, balance, replay = batch.pop("retain"), batch.pop("balance"), batch.pop("replay")
+    count = batch["labels"][:, 1:].ne(-100).sum()
+    seen = set()
+    for trial in range(20):
+        set_prompt(model, torch.randn_like(get_prompt(model)))
+        per_token, _ = trainer.per_token_loss(model, batch, retain, balance, replay)
+        plain = per_token.sum() / count
+        parts = []
+        for rows in (~replay, replay):
+            part = _rows_of(batch, rows)  # the sub-batch as the trainer runs it (without all-padding columns)
+            piece, _ = trainer.per_token_loss(model, part, retain[rows], balance[rows], replay[rows])
+            parts.append(_patch_grad(model, piece.sum() / count))
+        g_new, g_replay = parts
+        dot = (g_new * g_replay).sum()
+        expected = g_new + g_replay if dot >= 0 else g_new - dot / (g_replay * g_replay).sum() * g_replay + g_replay
+        before = trainer.projected_steps
+        loss = trainer.projected_loss(model, batch, retain, balance, replay)
+        assert torch.allclose(loss, plain, rtol=1e-4)
+        got = _patch_grad(model, loss)
+        assert torch.allclose(got, expected, rtol=1e-3, atol=1e-6)
+        assert trainer.projected_steps == before + int(dot < 0)
+        assert float(((got - g_replay) * g_replay).sum()) >= -1e-6 * float((g_replay * g_replay).sum())
+        seen.add(bool(dot < 0))
+        if seen == {True, False}:
+            break
+    assert seen == {True, False}, "no random patch gave both a conflicting and an agreeing pair of gradients"
+
+
+def test_agem_trains_and_counts_its_projected_steps(tiny):
+    """train_sft with replay_projection agem trains the patch and reports how many steps it projected; a stage
+    without replayed examples trains as without it (same patch), and several processes are refused."""
+    replayed = [{**e, "replay_of": "earlier"} for e in PAIRS_AS_SFT[:4]]
+    cfg = TrainConfig(sft_epochs=2, batch_size=8, sft_lr=3e-2, replay_projection="agem", probe_examples=0)
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    result = train_sft(model, tiny.tokenizer, replayed + SFT[:12], cfg)
+    assert result.steps == 4 and 0 <= result.projected_steps <= result.steps
+    assert result.to_dict()["projected_steps"] == result.projected_steps and "projected" in result.summary()
+    patches = []
+    for projection in ("agem", "none"):
+        model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+        train_sft(model, tiny.tokenizer, SFT, TrainConfig(sft_epochs=1, batch_size=8, sft_lr=3e-2, probe_examples=0,
+                                                          replay_projection=projection))
+        patches.append(get_prompt(model))
+    assert torch.allclose(patches[0], patches[1], atol=1e-6)
+    with pytest.raises(ValueError, match="replay_projection must be 'none' or 'agem'"):
+        TrainConfig(replay_projection="pcgrad")
+
+
+PAIRS_AS_SFT = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in PAIRS]
