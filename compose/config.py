@@ -44,7 +44,8 @@ PRESETS: dict[str, dict] = {
               # seed 0: GLD 0.287 -> 0.585); at the full weight it does not learn to refuse (ASR 0.790, the refusal's
               # first-token probability 0.06 -> 0.11); at 5 it does both in seed 0 (GLD 0.343, ASR 0.065). Keeping
               # the replayed examples by KL instead (replay_objective: kl) moved the same trade-off between seeds
-              # without removing it (experiments/results/composition)
+              # without removing it; projecting the harm gradient (replay_projection: agem) keeps every risk within
+              # 0.10 of its specialist in 3 seeds, its bias gain significant in 1 (experiments/results/composition)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102,
                                              "balance_weight": 5.0},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
