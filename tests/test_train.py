@@ -13,6 +13,7 @@ from compose.train import (Reference, TrainConfig, _rows_of, filter_pairs, make_
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
 PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
           "rejected": "The quick brown fox jumps over the lazy dog."} for i in range(16)]
+PAIRS_AS_SFT = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in PAIRS]
 
 
 @pytest.fixture()
@@ -458,7 +459,7 @@ def test_agem_projection_removes_only_what_would_raise_the_replayed_loss(tiny, t
     assert seen == {True, False}, "no random patch gave both a conflicting and an agreeing pair of gradients"
 
 
-def test_agem_trains_and_counts_its_projected_steps(tiny):
+def test_agem_trains_and_counts_its_projected_steps(tiny, monkeypatch):
     """train_sft with replay_projection agem trains the patch and reports how many steps it projected; a stage
     without replayed examples trains as without it (same patch), and several processes are refused."""
     replayed = [{**e, "replay_of": "earlier"} for e in PAIRS_AS_SFT[:4]]
@@ -476,6 +477,7 @@ def test_agem_trains_and_counts_its_projected_steps(tiny):
     assert torch.allclose(patches[0], patches[1], atol=1e-6)
     with pytest.raises(ValueError, match="replay_projection must be 'none' or 'agem'"):
         TrainConfig(replay_projection="pcgrad")
+    monkeypatch.setattr("compose.distributed.active", lambda: True)
+    with pytest.raises(ValueError, match="replay_projection agem runs in one process"):
+        train_sft(model, tiny.tokenizer, replayed + SFT[:12], cfg)
 
-
-PAIRS_AS_SFT = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in PAIRS]
