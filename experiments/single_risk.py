@@ -199,6 +199,7 @@ def targets(results: dict) -> list[dict]:
     """Every target with its measured figure and whether it is met (the point estimate against the bound; the
     composed patch's "significantly better" per risk: Holm-corrected over the three risks' paired tests)."""
     tests = {(t["risk"], t["model"], t["figure"]): t for t in results["tests"]}
+    sets = {**SETS, **results.get("sets", {})}
     rows = []
 
     def risk_targets(patch: str, model: str, risk: str) -> None:
@@ -207,7 +208,7 @@ def targets(results: dict) -> list[dict]:
             limit = bound if bound is not None else share * base["raw"][figure]
             target = f"{label} <= {bound:.2f}" if bound is not None else f"{label} <= {share:.0%} of base"
             ci = m["intervals"][figure]
-            rows.append(_target_row(patch, target, f"{figure} ({FIGURE_SETS.get(figure, SETS[risk])})", ci["n"],
+            rows.append(_target_row(patch, target, f"{figure} ({FIGURE_SETS.get(figure, sets[risk])})", ci["n"],
                                     f"base {base['raw'][figure]:.3f}" + ("" if bound is not None else
                                                                         f", bound {limit:.3f}"),
                                     m["raw"][figure], (ci["ci_low"], ci["ci_high"]),
@@ -352,8 +353,9 @@ def report(results: dict, title: str) -> str:
              "prompts, exact McNemar for 0/1 verdicts, paired bootstrap otherwise (p not corrected for the number "
              "of tests). Safety is higher-is-safer; every other figure here is lower-is-better.", ""]
     models = [(key, label) for key, label in MODELS if key == "base" or results[key]]
+    set_names = {**SETS, **results.get("sets", {})}  # a results file may measure a risk on another set
     for risk in HEADLINE:
-        sets = dict.fromkeys(FIGURE_SETS.get(f, SETS[risk]) for f in HEADLINE[risk])
+        sets = dict.fromkeys(FIGURE_SETS.get(f, set_names[risk]) for f in HEADLINE[risk])
         lines += [f"## {risk} ({'; '.join(sets)})", "",
                   "| model | figure | value [95% CI] | n | vs base: diff [95% CI] | p (test) |",
                   "|---|---|---|---|---|---|"]
