@@ -12,12 +12,12 @@ share words with an occupation the patches were trained on or the shared set hol
 
 It reads a results.json of ``experiments/single_risk.py`` (the same composed patch on the real sets) and replaces
 its bias figures by the role nouns': the base model, the seed's bias specialist and the composed patch are
-evaluated there (each evaluation cached in OUT/../cache/, keyed by the patch's weights, the model and the set, so the
-base model and a seed's specialist are evaluated once for all its composed patches), the paired tests are redone and
-every target is recomputed by ``single_risk.targets`` (toxicity and harmfulness as measured there; the composed
-patch's "significantly safer" is Holm-corrected over the three risks with the role nouns' bias test). Writes
-OUT/results.json and OUT/report.md in the single-risk report's layout; ``--summary FOLDER`` tabulates every run
-under FOLDER against the shared set's verdicts (FOLDER/summary.md).
+evaluated there (each evaluation kept in --cache, default OUT/../cache/, keyed by the patch's weights, the model and
+the set, so the base model and a seed's specialist are evaluated once for all its composed patches), the paired
+tests are redone and every target is recomputed by ``single_risk.targets`` (toxicity and harmfulness as measured
+there; the composed patch's "significantly safer" is Holm-corrected over the three risks with the role nouns' bias
+test). Writes OUT/results.json and OUT/report.md in the single-risk report's layout; ``--summary FOLDER`` tabulates
+every run under FOLDER against the shared set's verdicts (FOLDER/summary.md).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(args) -> dict:
     risk = get_risk("bias", data={"eval": rows})
     facts = {"fingerprint": loaded.fingerprint, "options": risk.options,
              "prompts": hashlib.sha256("\n".join(risk.prompts("eval")).encode()).hexdigest()}
-    cache = args.out.resolve().parent / "cache"
+    cache = args.cache or args.out.resolve().parent / "cache"
     evals = {key: evaluation(loaded, risk, path, cache, facts)
              for key, path in (("base", None), ("specialists", args.specialist), ("composed", args.composed))}
     results = copy.deepcopy(real)
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specialist", type=Path, metavar="PATCH_DIR", help="the seed's bias specialist")
     p.add_argument("--composed", type=Path, metavar="PATCH_DIR", help="the composed patch")
     p.add_argument("--out", type=Path, help="output folder of this run")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="where evaluations are kept (default OUT/../cache)")
     p.add_argument("--limit", type=int, help="evaluate only N nouns, spread over the list (default: all)")
     p.add_argument("--summary", type=Path, metavar="FOLDER", help="tabulate FOLDER/*/results.json instead")
     args = p.parse_args(argv)
