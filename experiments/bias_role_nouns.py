@@ -104,6 +104,7 @@ def run(args) -> dict:
     results.update(real_sets=str(args.real_sets), sets={"bias": SOURCE}, role_nouns={**counts, "evaluated": len(rows)},
                    composed_patch=str(args.composed), composed_manifest=read_manifest(args.composed).get("name"))
     results["specialist_patches"]["bias"] = str(args.specialist)
+    results.pop("specialists_from", None)  # the title names where toxicity's and harmfulness' figures come from
     for key, m in evals.items():
         results[key]["bias"] = m
     results["tests"] = [t for t in real["tests"] if t["risk"] != "bias"]
@@ -114,8 +115,17 @@ def run(args) -> dict:
     return results
 
 
-def _met(results: dict) -> bool:
-    return all(t["met"] for t in results["targets"] if t["patch"] == "composed")
+def _met(results: dict) -> list[str]:
+    """The composed target's unmet parts (each risk within 0.10 of its specialist and significantly safer than
+    the base model): [] when it is met."""
+    return [t["target"].replace(" than base", "").replace(" of its specialist", "") for t in results["targets"]
+            if t["patch"] == "composed" and ("within" in t["target"] or "significantly" in t["target"])
+            and not t["met"]]
+
+
+def _verdict(results: dict) -> str:
+    unmet = _met(results)
+    return "**met**" if not unmet else "not met (" + "; ".join(unmet) + ")"
 
 
 def summary(folder: Path) -> str:
@@ -149,7 +159,7 @@ def summary(folder: Path) -> str:
         lines.append(f"| {path.name} | {figs('base')} | {figs('specialists')} | {figs('composed')} | "
                      f"{_ci(gap['value'], gap['ci_low'], gap['ci_high'], True)} | "
                      f"{_ci(safer['value'], safer['ci_low'], safer['ci_high'], True)} ({_p(safer['p'])}) | "
-                     f"{'**met**' if _met(r) else 'not met'} | {'met' if _met(real) else 'not met'} |")
+                     f"{_verdict(r)} | {_verdict(real)} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(folder / "summary.md", text)
     return text
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bias_role_nouns: error: {exc}", file=sys.stderr)
         return 2
     atomic_write_json(args.out / "results.json", results)
-    text = report(results, f"{args.out.name}, bias on {SOURCE}")
+    text = report(results, f"{args.out.name}; bias on {SOURCE}, toxicity and harmfulness as in `{args.real_sets}`")
     atomic_write_text(args.out / "report.md", text)
     print(text)
     return 0
