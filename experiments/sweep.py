@@ -90,18 +90,21 @@ def main(argv=None) -> int:
     p.add_argument("--risk", default="harmfulness", help=f"one of {', '.join(FIGURES)} (or harm, tox)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipes", help="folder of recipe YAML files (default experiments/recipes/RISK, harm for harmfulness)")
+    p.add_argument("--name", help="the study's name: runs/NAME/RECIPE/seedS, experiments/results/recipe/NAME/seedS "
+                                  "(default RISK-sweep)")
     args = p.parse_args(argv)
     risk = ALIASES.get(args.risk, args.risk)
     if risk not in FIGURES:
         p.error(f"unknown risk {args.risk!r}; valid: {', '.join(FIGURES)}")
     short = {"harmfulness": "harm"}.get(risk, risk)
     recipes = Path(args.recipes or ROOT / "experiments" / "recipes" / short)
+    name = args.name or f"{short}-sweep"
     rows = {}
     for recipe in sorted(recipes.glob("*.yaml")):
-        out = ROOT / "runs" / f"{short}-sweep" / recipe.stem / f"seed{args.seed}"
+        out = ROOT / "runs" / name / recipe.stem / f"seed{args.seed}"
         run(risk, recipe, out, args.seed)
         rows[recipe.stem] = measure(risk, out)
-    results = ROOT / "experiments" / "results" / "recipe" / f"{short}-sweep" / f"seed{args.seed}"
+    results = ROOT / "experiments" / "results" / "recipe" / name / f"seed{args.seed}"
     atomic_write_json(results / "results.json", rows)
     text = summary(risk, rows, args.seed)
     atomic_write_text(results / "summary.md", text)
