@@ -84,3 +84,17 @@ def builtin_occupations() -> list[str]:
     from risks.data import bias
 
     return list(bias.OCCUPATIONS)
+
+
+if __name__ == "__main__":  # write the set as a .jsonl file, for `compose eval --data bias:eval=FILE`
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from risk_metrics import DATA
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python experiments/bench/role_nouns.py OUT.jsonl")
+    kept, _ = role_noun_rows(builtin_occupations() + [r["profession"] for r in
+                                                      professions(DATA / "bias_gendered_professions.jsonl")])
+    Path(sys.argv[1]).write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    print(f"{len(kept)} role nouns -> {sys.argv[1]}")
