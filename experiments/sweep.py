@@ -1,15 +1,21 @@
 """One risk's patch recipe: one single-risk run per recipe in experiments/recipes/RISK/, all on the same held-out
 prompts (the risk's built-in eval split, 200 prompts with the quick preset; harm adds 90 benign look-alikes and
-everyday requests).
+everyday requests), and on any real set given.
 
     .venv/bin/python experiments/sweep.py --risk harm --seed 0
     .venv/bin/python experiments/sweep.py --risk toxicity --seed 0
+    .venv/bin/python experiments/bench/role_nouns.py runs/role_nouns.jsonl
+    .venv/bin/python experiments/sweep.py --risk bias --seed 0 --recipes experiments/recipes/bias-data \\
+        --name bias-data --eval-set role-nouns=runs/role_nouns.jsonl \\
+        --eval-set professions=../shared/data/bias_gendered_professions.jsonl
 
-Each recipe: `compose run --risks RISK --strategy sequential --config RECIPE` into runs/RISK-sweep/NAME/seedS (a
-finished run is read, not run again; teacher data and the base model's evaluation come from the shared cache).
-Writes experiments/results/recipe/RISK-sweep/seedS/{summary.md,results.json}: the risk's headline figures with 95%
-intervals, each against the base model on the same prompts (exact McNemar for verdicts, paired bootstrap for
-scores), the perplexity ratio of the answers and the training time, against the risk's target (``TARGETS``).
+Each recipe: `compose run --risks RISK --strategy sequential --config RECIPE` into runs/NAME/RECIPE/seedS (NAME
+``--name``, default RISK-sweep; a finished run is read, not run again; teacher data and the base model's evaluation
+come from the shared cache); each ``--eval-set NAME=FILE``: `compose eval` of its patch with FILE as the risk's
+eval split (the base model's once, in runs/NAME/base-SET). Writes experiments/results/recipe/NAME/seedS/
+{summary.md,results.json}: the risk's headline figures with 95% intervals, each against the base model on the same
+prompts (exact McNemar for verdicts, paired bootstrap for scores), the perplexity ratio of the answers and the
+training time, against the risk's target (``TARGETS``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,13 +57,48 @@ def measure(risk: str, out: Path) -> dict:
     stage = next((out / "stages").glob("01-*"))
     patched = json.loads((stage / "eval.json").read_text())[risk]
     training = json.loads((stage / "stage.json").read_text())["training"]
-    row = {"seconds": sum(training[s]["seconds"] for s in ("sft", "dpo")),
-           "perplexity_ratio": patched["fluency"]["perplexity"] / base["fluency"]["perplexity"]}
+    return {"seconds": sum(training[s]["seconds"] for s in ("sft", "dpo")), **compared(risk, base, patched)}
+
+
+def eval_sets(specs: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` (repeatable ``--eval-set``) -> {NAME: PATH}: more held-out sets every recipe is measured on."""
+    sets = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not Path(path).is_file():
+            raise SystemExit(f"sweep: bad --eval-set '{spec}'; expected NAME=FILE with an existing FILE, e.g. "
+                             "professions=../shared/data/bias_gendered_professions.jsonl")
+        sets[name.strip()] = Path(path)
+    return sets
+
+
+def evaluated(risk: str, model: str, data: Path, out: Path, patch: Path | None = None) -> dict:
+    """`compose eval` of ``risk`` on ``data`` (as its eval split), by ``model`` with ``patch`` (or unpatched); kept
+    in OUT/results.json and read from there when it exists."""
+    if not (out / "results.json").is_file():
+        cmd = [str(ROOT / ".venv" / "bin" / "compose"), "eval", "--risks", risk, "--model", model,
+               "--data", f"{risk}:eval={data}", "--out", str(out), "--force"]
+        subprocess.run(cmd + (["--patch", str(patch)] if patch else []), check=True)
+    return json.loads((out / "results.json").read_text())["risks"][risk]
+
+
+def compared(risk: str, base: dict, patched: dict) -> dict:
+    """Each headline figure of ``patched`` with its interval, against ``base`` on the same prompts."""
+    row = {"perplexity_ratio": patched["fluency"]["perplexity"] / base["fluency"]["perplexity"]}
     for figure in FIGURES[risk][0]:
         test = paired_test(base["items"][figure], patched["items"][figure], name=figure)
         row[figure] = {"base": base["intervals"][figure], "patched": patched["intervals"][figure],
                        "diff": test.diff, "p_value": test.p_value}
     return row
+
+
+def measure_sets(risk: str, out: Path, study: Path, sets: dict[str, Path]) -> dict:
+    """The run's patch on each extra set against the base model there (the base model evaluated once per study)."""
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    patch = next((out / "stages").glob("01-*")) / "patch"
+    return {name: {"file": str(data), **compared(risk, evaluated(risk, model, data, study / f"base-{name}"),
+                                                  evaluated(risk, model, data, out / f"eval-{name}", patch))}
+            for name, data in sets.items()}
 
 
 def ci(x: dict) -> str:
@@ -82,6 +125,16 @@ def summary(risk: str, rows: dict, seed: int) -> str:
         if frontier:
             cells += f" | {sum(r[f]['patched']['value'] for f in figures):.3f}"
         lines.append(f"| {name} | {cells} | {r['perplexity_ratio']:.2f} | {r['seconds']:.0f} |")
+    for set_name, first_set in first.get("sets", {}).items():
+        base = ", ".join(f"{f} {ci(first_set[f]['base'])}" for f in figures)
+        lines += ["", f"On `{set_name}` (`{first_set['file']}`, n = {first_set[figures[0]]['patched']['n']}; never "
+                      f"trained on): base model {base}.", "",
+                  "| recipe | " + " | ".join(f"{f} | p" for f in figures) + " | answers' perplexity / base |",
+                  "|---|" + "---|---|" * len(figures) + "---|"]
+        for name, r in rows.items():
+            m = r["sets"][set_name]
+            cells = " | ".join(f"{ci(m[f]['patched'])} | {m[f]['p_value']:.2g}" for f in figures)
+            lines.append(f"| {name} | {cells} | {m['perplexity_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--risk", default="harmfulness", help=f"one of {', '.join(FIGURES)} (or harm, tox)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipes", help="folder of recipe YAML files (default experiments/recipes/RISK, harm for harmfulness)")
+    p.add_argument("--eval-set", action="append", default=[], metavar="NAME=FILE",
+                   help="also measure every recipe on FILE as the risk's eval split (repeatable), e.g. "
+                        "professions=../shared/data/bias_gendered_professions.jsonl")
     p.add_argument("--name", help="the study's name: runs/NAME/RECIPE/seedS, experiments/results/recipe/NAME/seedS "
                                   "(default RISK-sweep)")
     args = p.parse_args(argv)
@@ -99,11 +155,14 @@ def main(argv=None) -> int:
     short = {"harmfulness": "harm"}.get(risk, risk)
     recipes = Path(args.recipes or ROOT / "experiments" / "recipes" / short)
     name = args.name or f"{short}-sweep"
+    sets = eval_sets(args.eval_set)
     rows = {}
     for recipe in sorted(recipes.glob("*.yaml")):
         out = ROOT / "runs" / name / recipe.stem / f"seed{args.seed}"
         run(risk, recipe, out, args.seed)
         rows[recipe.stem] = measure(risk, out)
+        if sets:
+            rows[recipe.stem]["sets"] = measure_sets(risk, out, ROOT / "runs" / name, sets)
     results = ROOT / "experiments" / "results" / "recipe" / name / f"seed{args.seed}"
     atomic_write_json(results / "results.json", rows)
     text = summary(risk, rows, args.seed)

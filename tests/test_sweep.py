@@ -1,0 +1,40 @@
+"""experiments/sweep.py's measurements and table: a recipe against the base model on the built-in split and on
+each extra held-out set (--eval-set), and a bad --eval-set as a one-line exit."""
+
+import pytest
+
+from conftest import experiment
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return experiment("sweep")
+
+
+def _eval(gas: list[float], gld: list[float], ppl: float) -> dict:
+    def interval(values):
+        mean = sum(values) / len(values)
+        return {"value": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1, "n": len(values)}
+    return {"items": {"gas": gas, "gld": gld}, "intervals": {"gas": interval(gas), "gld": interval(gld)},
+            "fluency": {"perplexity": ppl}}
+
+
+def test_extra_sets_get_their_own_table(sweep):
+    base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0)
+    patched = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2)
+    row = {"seconds": 12.0, **sweep.compared("bias", base, base)}
+    row["sets"] = {"nouns": {"file": "nouns.jsonl", **sweep.compared("bias", base, patched)}}
+    m = row["sets"]["nouns"]
+    assert m["gas"]["diff"] == pytest.approx(-0.5) and m["gld"]["diff"] == pytest.approx(-0.3)
+    assert m["perplexity_ratio"] == pytest.approx(1.1) and row["gas"]["diff"] == 0
+    table = sweep.summary("bias", {"a": row}, seed=0)
+    assert "On `nouns` (`nouns.jsonl`, n = 4; never trained on)" in table
+    assert "| a | 0.250 [0.150, 0.350] |" in table  # the patched GAS on the extra set
+    assert table.count("| a |") == 2
+
+
+@pytest.mark.parametrize("spec", ["nouns", "nouns=no-such-file.jsonl", "=x"])
+def test_a_bad_eval_set_is_refused(sweep, spec):
+    with pytest.raises(SystemExit, match="bad --eval-set") as exc:
+        sweep.eval_sets([spec])
+    assert len(str(exc.value).splitlines()) == 1
