@@ -83,6 +83,8 @@ def run(args) -> dict:
     real = read_json(args.real_sets, "--real-sets results", remedy="give a results.json of experiments/single_risk.py")
     if not real.get("composed") or "bias" not in real.get("specialists", {}):
         raise ComposeError(f"--real-sets '{args.real_sets}' has no composed patch or no bias specialist")
+    for path in (args.specialist, args.composed):
+        read_manifest(path)  # a missing or broken patch is an error before the model loads
     start = time.perf_counter()
     rows, counts = role_noun_set()
     if args.limit is not None:

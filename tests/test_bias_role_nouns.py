@@ -116,3 +116,12 @@ def test_bad_input_is_a_one_line_error(script, args, message, tmp_path, monkeypa
     assert script.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("bias_role_nouns: error:")
+
+
+def test_a_missing_patch_is_refused_before_any_evaluation(script, real_sets, tmp_path, capsys):
+    args = ["--real-sets", str(real_sets["results"]), "--specialist", str(tmp_path / "no-patch"),
+            "--composed", str(real_sets["composed"]), "--out", str(tmp_path / "runs" / "x")]
+    assert script.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no-patch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
