@@ -38,3 +38,22 @@ def test_a_bad_eval_set_is_refused(sweep, spec):
     with pytest.raises(SystemExit, match="bad --eval-set") as exc:
         sweep.eval_sets([spec])
     assert len(str(exc.value).splitlines()) == 1
+
+
+def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_path):
+    import json
+
+    base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0)  # GAS 0.75, GLD 0.5
+    good = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2)  # GAS 0.25, GLD 0.2: both <= half of base
+    weak = _eval([1.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2)  # GAS 0.5: not
+    for seed, patched in enumerate((good, weak)):
+        row = {"seconds": 1.0, **sweep.compared("bias", base, patched),
+               "sets": {"nouns": {"file": "nouns.jsonl", **sweep.compared("bias", base, good)}}}
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"a": row}))
+    text = sweep.aggregate("bias", tmp_path)
+    assert text == (tmp_path / "summary.md").read_text()
+    assert "seeds 0, 1" in text and "| a | 0.375 ± 0.177 | 0.200 ± 0.000 | 1.10 ± 0.00 | 1 of 2 |" in text
+    assert "## `nouns` (`nouns.jsonl`)" in text and "| 2 of 2 |" in text
+    with pytest.raises(SystemExit, match="has no seedN/results.json"):
+        sweep.aggregate("bias", tmp_path / "seed0")
