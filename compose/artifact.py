@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from compose.errors import ComposeError
 from compose.io import read_json
-from compose.models import model_fingerprint
+from compose.models import LoadedModel, model_fingerprint
 from compose.patch import Segment, attach_patch, check_segments
 from compose.schema import Field, check_fields, check_value
 
@@ -272,9 +272,10 @@ def load_patch(base, patch_dir, tokenizer=None, trainable: bool = False):
     The soft prompt is loaded into a fresh prompt-tuning adapter (float32), exactly what
     ``PeftModel.from_pretrained(base, patch_dir)`` does, after the manifest's checks.
     """
-    model = getattr(base, "model", base)
-    tokenizer = tokenizer or getattr(base, "tokenizer", None)
-    fingerprint = getattr(base, "fingerprint", None) or model_fingerprint(model)
+    loaded = base if isinstance(base, LoadedModel) else None  # a bare causal LM has a ``model`` attribute of its own
+    model = loaded.model if loaded else base
+    tokenizer = tokenizer or (loaded.tokenizer if loaded else None)
+    fingerprint = loaded.fingerprint if loaded else model_fingerprint(model)
     manifest = verify_patch(patch_dir, fingerprint)
     weights = load_file(str(Path(patch_dir) / WEIGHTS)).get("prompt_embeddings")
     tokens = manifest["num_virtual_tokens"]

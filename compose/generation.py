@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation import utils as _generation_utils
 
 from compose import distributed
@@ -109,6 +110,42 @@ def is_patched(model) -> bool:
     return bool(config is not None and config.is_prompt_learning and not getattr(model, "_adapters_disabled", False))
 
 
+class ReservedLayer(DynamicLayer):
+    """A ``DynamicLayer`` that writes each new position into room reserved ahead instead of concatenating the
+    whole cache at every decoding step (that copy grows with every token: ~3% of a main job's time). The keys and
+    values it returns are views of the reserved buffer holding the same values, so attention computes the same
+    numbers. Whatever replaces its tensors (batch repeat or select, reordering) is copied into a new buffer at the
+    next update."""
+
+    ROOM = 64  # positions reserved ahead; the buffer grows by this much again when they are used up
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, m = self.get_seq_length(), key_states.shape[-2]
+        room = getattr(self, "_room", None)
+        if (room is None or n + m > room[0].shape[-2] or room[0].shape[:-2] != key_states.shape[:-2]
+                or (n and self.keys.data_ptr() != room[0].data_ptr())):
+            shape = (*key_states.shape[:-2], n + m + self.ROOM, key_states.shape[-1])
+            room = (key_states.new_empty(shape), value_states.new_empty(shape))
+            if n:
+                room[0][..., :n, :] = self.keys
+                room[1][..., :n, :] = self.values
+            self._room = room
+        room[0][..., n:n + m, :] = key_states
+        room[1][..., n:n + m, :] = value_states
+        self.keys, self.values = room[0][..., :n + m, :], room[1][..., :n + m, :]
+        return self.keys, self.values
+
+
+def reserved(cache):
+    """``cache`` (a ``DynamicCache``) with its plain dynamic layers growing into reserved room (``ReservedLayer``)."""
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:
+            layer.__class__ = ReservedLayer
+    return cache
+
+
 class PrefixCache:
     """Keys/values of a patch's virtual tokens in every layer, computed once and copied per batch."""
 
@@ -125,7 +162,7 @@ class PrefixCache:
         cache = copy.deepcopy(self.cache)
         if batch_size > 1:
             cache.batch_repeat_interleave(batch_size)
-        return cache
+        return reserved(cache)
 
     def generate(self, input_ids, attention_mask, pad_token_id: int, **kwargs):
         """``base.generate`` after the cached patch; returns only the new tokens."""
@@ -138,7 +175,7 @@ class PrefixCache:
         return out[:, ids.shape[1]:]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: the same outputs, a few % faster than no_grad on a CPU
 def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | None = None, chat: bool = True,
              desc: str | None = None) -> list[list[str]]:
     """Generate ``config.samples`` responses for every prompt; returns one list of responses per prompt.
@@ -183,6 +220,7 @@ def generate(model, tokenizer, prompts: list[str], config: GenerationConfig | No
                     ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
                 new = prefix.generate(ids, mask, tokenizer.pad_token_id, **kwargs)
             else:
+                kwargs[CACHE_KWARG] = reserved(DynamicCache(config=model.config))
                 ids = model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, num_return_sequences=k)
                 new = ids[:, enc["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -247,14 +247,17 @@ class DecisionProbe:
             ids[i, :len(p) + len(c)] = torch.tensor(p + c)
             mask[i, :len(p) + len(c)] = 1
         device = next(self.model.parameters()).device
-        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:].float()
-        logp = torch.log_softmax(logits, dim=-1)
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        # only the positions predicting the target's tokens go on to float32 and the softmax (row by row: the values
+        # a float copy of the whole batch would give); len(p) - 1 predicts the first response token
+        logits = logits[:, -width:]
+        logp = torch.log_softmax(torch.cat([logits[i, len(p) - 1:len(p) - 1 + len(c)]
+                                            for i, (p, c) in enumerate(self.rows)]).float(), dim=-1)
         first_p, match, mean_lp = [], [], []
-        for i, (p, c) in enumerate(self.rows):
-            at = len(p) - 1  # the position predicting the first response token
-            first_p.append(float(logp[i, at, c[0]].exp()))
-            match.append(float(int(logp[i, at].argmax()) == c[0]))
-            mean_lp.append(float(sum(logp[i, at + t, tok] for t, tok in enumerate(c)) / len(c)))
+        for piece, (_, c) in zip(logp.split([len(c) for _, c in self.rows]), self.rows):
+            first_p.append(float(piece[0, c[0]].exp()))
+            match.append(float(int(piece[0].argmax()) == c[0]))
+            mean_lp.append(float(sum(piece[t, tok] for t, tok in enumerate(c)) / len(c)))
         self.model.train(was_training)
         point = {"set": self.name, "step": step, "first_token_prob": sum(first_p) / len(first_p),
                  "first_token_match": sum(match) / len(match), "first_tokens_logprob": sum(mean_lp) / len(mean_lp),

@@ -88,13 +88,16 @@ def gender_mass(model, tokenizer, prompts: list[str], responses: list[str], chat
         for i, (p, r) in enumerate(rows):  # right padding keeps the default position ids right
             ids[i, :len(p) + len(r)] = torch.tensor(p + r)
             mask[i, :len(p) + len(r)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:].float()
-        probs = torch.softmax(logits, dim=-1)  # a patch's virtual tokens (if any) are cut off above
-        pm, pf = probs[..., male].sum(-1), probs[..., female].sum(-1)
-        for i, (p, r) in enumerate(rows):
-            # the positions predicting response token t = 0 .. len(r) - 1 (just t = 0 for an empty response)
-            span = slice(len(p) - 1, len(p) - 1 + max(1, len(r)))
-            out.append((float(pm[i, span].sum()), float(pf[i, span].sum())))
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -width:]
+        # a patch's virtual tokens (if any) are cut off above. Only the positions predicting response token t = 0 ..
+        # len(r) - 1 (just t = 0 for an empty response) go on to float32 and the softmax, row by row: the values the
+        # whole batch would give, without a float copy of every position's logits. (The output head still runs at
+        # every position: on fewer rows its bf16 sums can round differently.)
+        counts = [max(1, len(r)) for _, r in rows]
+        picked = torch.cat([logits[i, len(p) - 1:len(p) - 1 + n] for i, ((p, _), n) in enumerate(zip(rows, counts))])
+        probs = torch.softmax(picked.float(), dim=-1)
+        pm, pf = probs[:, male].sum(-1), probs[:, female].sum(-1)
+        out.extend((float(m.sum()), float(f.sum())) for m, f in zip(pm.split(counts), pf.split(counts)))
     return out
 
 

@@ -58,6 +58,14 @@ def test_tampered_weights_are_refused(patch_dir, tiny):
         load_patch(tiny, patch_dir)
 
 
+def test_a_bare_model_takes_a_patch(patch_dir, tiny):
+    """A plain causal LM (not a ``LoadedModel``) is patched itself, not the decoder it holds as ``.model``."""
+    fresh, tok = build_tiny_random()
+    bare = load_patch(fresh.float(), patch_dir, tokenizer=tok)
+    ids = tiny.tokenizer("hello there, how are you", return_tensors="pt")
+    assert torch.allclose(bare(**ids).logits, load_patch(tiny, patch_dir)(**ids).logits, atol=1e-5)
+
+
 def test_other_base_model_is_refused(patch_dir):
     other, tok = build_tiny_random(seed=1)
     with pytest.raises(ComposeError, match="built for base model tiny-random"):

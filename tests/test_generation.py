@@ -8,8 +8,10 @@ prompt-tuning generate, which then re-inserted the patch at every step) fails he
 import pytest
 import torch
 
-from compose.generation import (CACHE_KWARG, GenerationConfig, PrefixCache, generate, greedy_reference, is_patched,
-                                perplexity, response_nll)
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from compose.generation import (CACHE_KWARG, GenerationConfig, PrefixCache, ReservedLayer, generate, greedy_reference,
+                                is_patched, perplexity, reserved, response_nll)
 from compose.models import load_model
 from compose.patch import attach_patch
 
@@ -135,3 +137,48 @@ def test_the_output_head_gets_a_contiguous_input_and_the_same_logits(tiny):
         handle.remove()
     assert seen and all(seen)
     torch.testing.assert_close(last, full[:, -1:])
+
+
+def test_reserved_layer_returns_what_concatenation_returns(monkeypatch):
+    """Growing into reserved room (and past it), after a batch repeat, a crop, a batch select and a reordering: the
+    same keys and values, step by step, as the plain layer that concatenates."""
+    monkeypatch.setattr(ReservedLayer, "ROOM", 3)
+    plain, room = DynamicLayer(), ReservedLayer()
+    gen = torch.Generator().manual_seed(0)
+
+    def step(n: int, batch: int = 2):
+        k, v = torch.randn(batch, 2, n, 4, generator=gen), torch.randn(batch, 2, n, 4, generator=gen)
+        for a, b in zip(plain.update(k, v), room.update(k, v)):
+            assert torch.equal(a, b)
+
+    step(5)  # the prompt: 5 positions, room for 3 more
+    for _ in range(7):  # past the room twice
+        step(1)
+    plain.batch_repeat_interleave(3), room.batch_repeat_interleave(3)
+    step(1, batch=6)
+    plain.crop(-2), room.crop(-2)
+    step(2, batch=6)
+    pick = torch.tensor([0, 4])
+    plain.batch_select_indices(pick), room.batch_select_indices(pick)
+    step(1)
+    swap = torch.tensor([1, 0])  # same shape, new tensors: the room must not be written behind their back
+    plain.reorder_cache(swap), room.reorder_cache(swap)
+    step(1)
+    assert plain.get_seq_length() == room.get_seq_length() == 15
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_generation_through_reserved_room_is_unchanged(patched, samples, monkeypatch):
+    """Plain and patched generation (the cached prefix) give the same tokens with the reserved cache as with
+    transformers' own, including more new tokens than the reserved room."""
+    tiny, model = patched
+    cfg = GenerationConfig(max_new_tokens=12, samples=samples, top_p=0.9 if samples > 1 else 1.0, batch_size=4)
+    monkeypatch.setattr(ReservedLayer, "ROOM", 5)
+    ours = generate(model, tiny.tokenizer, PROMPTS, cfg)
+    with model.disable_adapter():
+        ours_plain = generate(model, tiny.tokenizer, PROMPTS, cfg)
+    monkeypatch.setattr("compose.generation.reserved", lambda cache: cache)  # transformers' concatenating layers
+    assert generate(model, tiny.tokenizer, PROMPTS, cfg) == ours
+    with model.disable_adapter():
+        assert generate(model, tiny.tokenizer, PROMPTS, cfg) == ours_plain
+    assert all(type(layer) is ReservedLayer for layer in reserved(DynamicCache(config=tiny.model.config)).layers)
