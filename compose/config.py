@@ -25,8 +25,8 @@ PRESETS: dict[str, dict] = {
     # seconds on the tiny model: for tests and for checking a set-up
     "smoke": {"tokens": 4, "train_limit": 6, "retain_limit": 2, "eval_limit": 4, "max_new_tokens": 8,
               "samples": 2, "train": {"sft_epochs": 1, "dpo_epochs": 1, "batch_size": 4, "max_length": 320}},
-    # the default: a real run on the embedded model on 2 CPU cores (three risks, n = 200: about 22 minutes from an
-    # empty cache, 18-19 with the teacher data and base evaluation cached);
+    # the default: a real run on the embedded model on 2 CPU cores (three risks, n = 200: 21-24 minutes from an
+    # empty cache, 18-20 with the teacher data and base evaluation cached);
     # as many benign retain prompts as risk prompts: with 16 the composed patch refused 74% of benign look-alikes
     "quick": {"tokens": 16, "train_limit": 48, "retain_limit": 48, "eval_limit": 200, "max_new_tokens": 32,
               "samples": 2, "train": {"sft_epochs": 3, "sft_lr": 3e-3, "dpo_epochs": 1, "dpo_lr": 1e-3,
