@@ -5,7 +5,9 @@ container with a CPU quota, or beside other jobs pinned to their own cores, it o
 multiply split over more threads than cores runs many times slower (measured: evaluation ~10x slower with two
 other jobs on 2 cores). ``usable_cpus`` reads the CPU affinity mask and the cgroup quota (v2 ``cpu.max`` or v1
 ``cpu.cfs_quota_us``); ``configure_threads`` sets torch's pool from an explicit ``--threads``, else from
-``OMP_NUM_THREADS`` when set (torch already honours it), else from ``usable_cpus``.
+``OMP_NUM_THREADS`` when set (torch already honours it), else from ``usable_cpus``. ``matmul_tflops`` measures
+how fast the machine multiplies right now: a run records it beside its wall time, which varies between sessions on
+the same kind of machine (10-25% measured here).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -67,3 +70,25 @@ def configure_threads(threads: int | None = None) -> int:
     elif torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def matmul_tflops(device: str = "cpu", budget: float = 0.1, n: int = 2048) -> float:
+    """This machine's bf16 matrix-multiply throughput right now, in TFLOP/s: the best of the ``n``-cube products that
+    fit in about ``budget`` seconds. The yardstick a run's wall time is read against. It draws from its own random
+    generator, so a run's random state (and every figure) is untouched."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=torch.bfloat16) for _ in range(2))
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    a @ b  # warm-up
+    sync()
+    best, end = float("inf"), time.perf_counter() + budget
+    while True:
+        start = time.perf_counter()
+        a @ b
+        sync()
+        now = time.perf_counter()
+        best = min(best, now - start)
+        if now >= end:
+            return 2 * n ** 3 / best / 1e12

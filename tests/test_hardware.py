@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from compose.hardware import cgroup_cpu_limit, configure_threads, usable_cpus
+from compose.hardware import cgroup_cpu_limit, configure_threads, matmul_tflops, usable_cpus
 
 
 def _cgroup(tmp_path, v2: str | None = None, v1: tuple[str, str] | None = None):
@@ -60,3 +60,13 @@ def test_threads_before_torch_loads_go_through_the_environment():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_the_speed_probe_leaves_the_random_state_alone():
+    """A run measures the machine's matmul speed beside its wall time; its figures must not depend on it."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    speed = matmul_tflops(budget=0.05, n=128)
+    assert torch.equal(torch.rand(4), expected)
+    assert 0 < speed < 1e4

@@ -194,6 +194,9 @@ def test_cli_run_and_report(tmp_path, capsys):
                  "--strategy", "sequential", "--train", "sft_lr=0.02", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "final average safety" in text and "toxicity" in text
+    speed = json.loads((out / "results.json").read_text())["bf16_matmul_tflops"]  # the wall time's yardstick
+    assert speed["start"] > 0 and speed["end"] > 0 and "bf16 matmul" in text and "bf16_matmul_tflops" in (
+        out / "report.md").read_text()
     saved = config_mod.load_config_file(out / "config.yaml")
     assert saved["strategy"] == "sequential" and saved["tokens"] == {"toxicity": 4, "bias": 4}
     assert saved["train"]["sft_lr"] == 0.02 and saved["train"]["sft_epochs"] == 1  # --train over the preset's

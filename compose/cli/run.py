@@ -49,6 +49,7 @@ from compose.errors import ComposeError
 from compose.forgetting import ForgettingMatrix
 from compose.generation import context_length
 from compose.graph import draw_graph, interference_graph, interference_order
+from compose.hardware import matmul_tflops
 from compose.io import FolderLock, atomic_write_json, claim_output_dir
 from compose.models import load_model
 from compose.patch import count_parameters
@@ -144,6 +145,8 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
     """The run itself; outputs are written patch first and results.json last, so a killed run is resumed."""
     start = time.perf_counter()
     loaded = loaded or load_model(cfg.model, cfg.dtype)
+    device = str(next(loaded.model.parameters()).device)
+    speed = {"start": round(matmul_tflops(device), 3)}  # wall time is read against it (it drifts between sessions)
     check_context(cfg, loaded)
     _check_data_files(cfg)
     order = resolve_order(cfg)
@@ -170,6 +173,8 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
                "data_seconds": ctx.timings, "peak_rss_mb": peak_rss_mb(),
                "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+    speed["end"] = round(matmul_tflops(device), 3)
+    results["bf16_matmul_tflops"] = speed  # this machine's speed at the start and the end of the run
     _write_run_report(ctx.matrix, out_dir, results)
     ctx.mark("report")
     ctx.phases["model loaded"] = round(loaded.load_seconds, 2)  # before the context existed: the load itself
@@ -178,12 +183,21 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
     return results
 
 
+def _speed(results: dict) -> str:
+    """" (bf16 matmul 1.62 -> 1.58 TFLOP/s)": the machine's speed during the run, where it was measured."""
+    speed = results.get("bf16_matmul_tflops") or {}
+    if speed.get("start") is None or speed.get("end") is None:
+        return ""
+    return f" (this machine's bf16 matmul {speed['start']:.2f} -> {speed['end']:.2f} TFLOP/s)"
+
+
 def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) -> None:
     """report.md and forgetting.png of a run, from its matrix and results (also for a run finished earlier)."""
     peak = results.get("peak_rss_mb")
     write_report(matrix, out_dir, title=f"{results['strategy']}: {', '.join(results['order'])} on {results['model']}",
                  extra={"parameters": results["parameters"], "tokens": results["tokens"],
                         "wall_seconds": results["wall_seconds"], "peak_memory_mb": None if peak is None else round(peak),
+                        "bf16_matmul_tflops": results.get("bf16_matmul_tflops"),
                         "preset": results.get("config", {}).get("preset")})
 
 
@@ -391,6 +405,6 @@ def summary_table(results: dict, out: Path) -> str:
     lines += ["", f"safety scores (higher safer, ± 95% interval; {ns}); final average safety "
                   f"{fig('final_average_safety')}, forgetting {fig('forgetting')}, BWT {fig('bwt')}, FWT {fig('fwt')}",
               f"patch: {results['parameters']['patch']} parameters ({results['parameters']['share_percent']:.4f}% "
-              f"of the model); wall time {results['wall_seconds']:.0f}s",
+              f"of the model); wall time {results['wall_seconds']:.0f}s{_speed(results)}",
               f"run folder: {out} (report.md, forgetting.png, patch/)"]
     return "\n".join(lines)
