@@ -184,7 +184,8 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
 
 
 def _speed(results: dict) -> str:
-    """" (bf16 matmul 1.62 -> 1.58 TFLOP/s)": the machine's speed during the run, where it was measured."""
+    """The machine's speed during the run for the last line, e.g. " (this machine's bf16 matmul 2.30 -> 2.28
+    TFLOP/s)"; empty for a run from before it was measured."""
     speed = results.get("bf16_matmul_tflops") or {}
     if speed.get("start") is None or speed.get("end") is None:
         return ""
