@@ -72,23 +72,40 @@ def configure_threads(threads: int | None = None) -> int:
     return threads
 
 
-def matmul_tflops(device: str = "cpu", budget: float = 0.1, n: int = 2048) -> float:
-    """This machine's bf16 matrix-multiply throughput right now, in TFLOP/s: the best of the ``n``-cube products that
-    fit in about ``budget`` seconds. The yardstick a run's wall time is read against. It draws from its own random
-    generator, so a run's random state (and every figure) is untouched."""
+def matmul_tflops(device: str = "cpu", dtype=None, budget: float = 0.1, n: int = 2048) -> dict:
+    """This machine's matrix-multiply throughput right now in ``dtype`` (a run passes its compute dtype; default
+    bfloat16): ``{"dtype", "n", "tflops"}``, the best of the cube products that fit in about ``budget`` seconds.
+    The yardstick a run's wall time is read against.
+
+    The cube grows from 128 (doubling) up to ``n`` while a product of the next size would take at most half the
+    budget, so the probe costs about ``budget`` seconds on any machine: a 2048-cube bf16 product takes a few ms
+    where the CPU has AMX but ~60 s on an AVX2-only CPU, which emulates bf16. The cube used is recorded, as the
+    throughput depends on it. It draws from its own random generator, so a run's random state (and every figure)
+    is untouched."""
     import torch
 
+    dtype = dtype or torch.bfloat16
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=torch.bfloat16) for _ in range(2))
-    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
-    a @ b  # warm-up
-    sync()
-    best, end = float("inf"), time.perf_counter() + budget
-    while True:
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def operands(size: int):
+        return [torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2)]
+
+    def timed(a, b) -> float:
         start = time.perf_counter()
         a @ b
         sync()
-        now = time.perf_counter()
-        best = min(best, now - start)
-        if now >= end:
-            return 2 * n ** 3 / best / 1e12
+        return time.perf_counter() - start
+
+    size = min(128, n)
+    a, b = operands(size)
+    timed(a, b)  # warm-up: kernel selection, first touch of the operands
+    while size < n and 8 * timed(a, b) <= budget / 2:  # the next cube costs 8x this one
+        size *= 2
+        a, b = operands(size)
+        timed(a, b)
+    best, end = float("inf"), time.perf_counter() + budget
+    while True:
+        best = min(best, timed(a, b))
+        if time.perf_counter() >= end:
+            return {"dtype": str(dtype).removeprefix("torch."), "n": size, "tflops": round(2 * size ** 3 / best / 1e12, 4)}

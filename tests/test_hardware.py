@@ -1,6 +1,7 @@
 """Thread sizing: the CPUs a process may use come from its affinity mask and its cgroup quota."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -69,4 +70,28 @@ def test_the_speed_probe_leaves_the_random_state_alone():
     torch.manual_seed(123)
     speed = matmul_tflops(budget=0.05, n=128)
     assert torch.equal(torch.rand(4), expected)
-    assert 0 < speed < 1e4
+    assert speed["dtype"] == "bfloat16" and speed["n"] == 128 and 0 < speed["tflops"] < 1e4
+
+
+def test_the_speed_probe_fits_its_budget_on_a_slow_machine(monkeypatch):
+    """A CPU without native bf16 multiplies a 2048-cube in bf16 in about a minute: the probe must shrink the cube
+    rather than take that long (a slow matmul is simulated, so the test means the same on every machine)."""
+    calls = []
+    real = torch.Tensor.__matmul__
+
+    def slow(a, b):
+        calls.append(a.shape[0])
+        time.sleep(a.shape[0] ** 3 / 2048 ** 3 * 60)  # 60 s for a 2048-cube, 0.015 s for a 128-cube
+        return real(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", slow)
+    start = time.perf_counter()
+    speed = matmul_tflops(dtype=torch.float32, budget=0.1)
+    assert time.perf_counter() - start < 1.0 and speed["n"] == 128 and max(calls) == 128, (speed, calls)
+    assert speed["dtype"] == "float32"
+
+
+def test_the_speed_probe_uses_the_full_cube_on_a_fast_machine():
+    """Where a 2048-cube costs little, the probe measures it (the size earlier runs recorded their speed at)."""
+    speed = matmul_tflops(dtype=torch.float32, budget=0.05, n=256)
+    assert speed["n"] == 256

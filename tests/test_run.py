@@ -194,9 +194,9 @@ def test_cli_run_and_report(tmp_path, capsys):
                  "--strategy", "sequential", "--train", "sft_lr=0.02", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "final average safety" in text and "toxicity" in text
-    speed = json.loads((out / "results.json").read_text())["bf16_matmul_tflops"]  # the wall time's yardstick
-    assert speed["start"] > 0 and speed["end"] > 0 and "bf16 matmul" in text and "bf16_matmul_tflops" in (
-        out / "report.md").read_text()
+    speed = json.loads((out / "results.json").read_text())["matmul_tflops"]  # the wall time's yardstick
+    assert speed["start"] > 0 and speed["end"] > 0 and speed["dtype"] in ("bfloat16", "float32")
+    assert f"{speed['dtype']} matmul" in text and "matmul_tflops" in (out / "report.md").read_text()
     saved = config_mod.load_config_file(out / "config.yaml")
     assert saved["strategy"] == "sequential" and saved["tokens"] == {"toxicity": 4, "bias": 4}
     assert saved["train"]["sft_lr"] == 0.02 and saved["train"]["sft_epochs"] == 1  # --train over the preset's
@@ -214,6 +214,16 @@ def test_cli_run_and_report(tmp_path, capsys):
     table = (tmp_path / "orders" / "comparison.md").read_text()
     assert "| cli-run | sequential |" in table and "| reverse | sequential |" in table
     assert json.loads((out / "results.json").read_text())["strategy"] == "sequential"
+
+
+def test_the_speed_line_reads_runs_from_before_the_dtype_was_recorded():
+    from compose.cli.run import _speed
+
+    old = {"bf16_matmul_tflops": {"start": 2.31, "end": 2.2}}
+    assert _speed(old) == " (this machine's bfloat16 matmul 2.31 -> 2.2 TFLOP/s)"
+    new = {"matmul_tflops": {"dtype": "float32", "n": 1024, "start": 0.0907, "end": 0.0911}}
+    assert _speed(new) == " (this machine's float32 matmul 0.0907 -> 0.0911 TFLOP/s)"
+    assert _speed({}) == ""
 
 
 def test_the_run_seed_seeds_training_unless_a_training_seed_is_given():

@@ -145,8 +145,9 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
     """The run itself; outputs are written patch first and results.json last, so a killed run is resumed."""
     start = time.perf_counter()
     loaded = loaded or load_model(cfg.model, cfg.dtype)
-    device = str(next(loaded.model.parameters()).device)
-    speed = {"start": round(matmul_tflops(device), 3)}  # wall time is read against it (it drifts between sessions)
+    weight = next(loaded.model.parameters())
+    probe = matmul_tflops(str(weight.device), weight.dtype)  # wall time is read against it (it drifts between sessions)
+    speed = {"dtype": probe["dtype"], "n": probe["n"], "start": probe["tflops"]}
     check_context(cfg, loaded)
     _check_data_files(cfg)
     order = resolve_order(cfg)
@@ -173,8 +174,11 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
                "data_seconds": ctx.timings, "peak_rss_mb": peak_rss_mb(),
                "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
-    speed["end"] = round(matmul_tflops(device), 3)
-    results["bf16_matmul_tflops"] = speed  # this machine's speed at the start and the end of the run
+    probe = matmul_tflops(str(weight.device), weight.dtype, n=speed["n"])
+    speed["end"] = probe["tflops"]
+    if probe["n"] != speed["n"]:  # the machine slowed so far that the same cube no longer fit the probe's budget
+        speed["n_end"] = probe["n"]
+    results["matmul_tflops"] = speed  # this machine's speed in the run's compute dtype at its start and its end
     _write_run_report(ctx.matrix, out_dir, results)
     ctx.mark("report")
     ctx.phases["model loaded"] = round(loaded.load_seconds, 2)  # before the context existed: the load itself
@@ -184,12 +188,20 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
 
 
 def _speed(results: dict) -> str:
-    """The machine's speed during the run for the last line, e.g. " (this machine's bf16 matmul 2.30 -> 2.28
+    """The machine's speed during the run for the last line, e.g. " (this machine's bfloat16 matmul 2.30 -> 2.28
     TFLOP/s)"; empty for a run from before it was measured."""
-    speed = results.get("bf16_matmul_tflops") or {}
+    speed = _matmul_speed(results)
     if speed.get("start") is None or speed.get("end") is None:
         return ""
-    return f" (this machine's bf16 matmul {speed['start']:.2f} -> {speed['end']:.2f} TFLOP/s)"
+    return f" (this machine's {speed['dtype']} matmul {speed['start']:.3g} -> {speed['end']:.3g} TFLOP/s)"
+
+
+def _matmul_speed(results: dict) -> dict:
+    """``results.json -> matmul_tflops``; a run from before it named its dtype recorded ``bf16_matmul_tflops``."""
+    if "matmul_tflops" in results:
+        return results["matmul_tflops"] or {}
+    old = results.get("bf16_matmul_tflops") or {}
+    return {"dtype": "bfloat16", "n": 2048, **old} if old else {}
 
 
 def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) -> None:
@@ -198,7 +210,7 @@ def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) ->
     write_report(matrix, out_dir, title=f"{results['strategy']}: {', '.join(results['order'])} on {results['model']}",
                  extra={"parameters": results["parameters"], "tokens": results["tokens"],
                         "wall_seconds": results["wall_seconds"], "peak_memory_mb": None if peak is None else round(peak),
-                        "bf16_matmul_tflops": results.get("bf16_matmul_tflops"),
+                        "matmul_tflops": _matmul_speed(results) or None,
                         "preset": results.get("config", {}).get("preset")})
 
 
