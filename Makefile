@@ -30,8 +30,7 @@ run: install
 	$(BIN)/compose run --risks $(RISKS) --strategy $(STRATEGY) --preset $(PRESET)
 
 test: install
-	# one worker per CPU (pytest-xdist), one thread each: the tiny test model is faster without threading overhead
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q   # one thread: the tiny test model is faster without threading overhead
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

@@ -194,8 +194,10 @@ def test_cli_run_and_report(tmp_path, capsys):
                  "--strategy", "sequential", "--train", "sft_lr=0.02", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "final average safety" in text and "toxicity" in text
-    speed = json.loads((out / "results.json").read_text())["matmul_tflops"]  # the wall time's yardstick
-    assert speed["start"] > 0 and speed["end"] > 0 and speed["dtype"] in ("bfloat16", "float32")
+    results = json.loads((out / "results.json").read_text())
+    speed = results["matmul_tflops"]  # the wall time's yardstick, in the dtype the run computed in
+    assert speed["start"] > 0 and speed["end"] > 0 and speed["dtype"] == results["compute_dtype"]
+    assert results["compute_dtype"] in ("bfloat16", "float32")
     assert f"{speed['dtype']} matmul" in text and "matmul_tflops" in (out / "report.md").read_text()
     saved = config_mod.load_config_file(out / "config.yaml")
     assert saved["strategy"] == "sequential" and saved["tokens"] == {"toxicity": 4, "bias": 4}

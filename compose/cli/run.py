@@ -157,7 +157,7 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
         order = auto_order(cfg, out_dir, loaded, order)
     ctx = make_context(cfg, out_dir, loaded, order, on_row)
     log.info(f"run {out_dir}: strategy {cfg.strategy}, order {' -> '.join(order)}, tokens "
-             f"{', '.join(f'{r}={cfg.tokens[r]}' for r in order)}, preset {cfg.preset}")
+             f"{', '.join(f'{r}={cfg.tokens[r]}' for r in order)}, preset {cfg.preset}, {_compute(weight, cfg)}")
     ctx.mark("model loaded")
     for r in order:
         ctx.data(r)
@@ -173,7 +173,8 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
                "model": cfg.model, "fingerprint": loaded.fingerprint, "parameters": params,
                "summary": ctx.matrix.summary(), "base_fluency": ctx.matrix.rows[0].fluency, "wall_seconds": time.perf_counter() - start,
                "data_seconds": ctx.timings, "peak_rss_mb": peak_rss_mb(),
-               "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(), "config": cfg.to_dict()}
+               "peak_rss_mb_after": ctx.memory, "threads": torch.get_num_threads(),
+               "compute_dtype": str(weight.dtype).removeprefix("torch."), "config": cfg.to_dict()}
     probe = matmul_tflops(str(weight.device), weight.dtype, n=speed["n"])
     speed["end"] = probe["tflops"]
     if probe["n"] != speed["n"]:  # the machine slowed so far that the same cube no longer fit the probe's budget
@@ -181,10 +182,22 @@ def _run(cfg: config_mod.RunConfig, out_dir: Path, loaded, on_row) -> dict:
     results["matmul_tflops"] = speed  # this machine's speed in the run's compute dtype at its start and its end
     _write_run_report(ctx.matrix, out_dir, results)
     ctx.mark("report")
+    results["wall_seconds"] = time.perf_counter() - start  # the report's phase included (report.md: up to it)
     ctx.phases["model loaded"] = round(loaded.load_seconds, 2)  # before the context existed: the load itself
     results["phases"] = ctx.phases
     atomic_write_json(out_dir / "results.json", results)
     return results
+
+
+def _compute(weight, cfg: config_mod.RunConfig) -> str:
+    """The compute dtype and device for the run's first log line; says why a CPU computes in float32 under
+    ``--dtype auto`` (no native bf16: several times slower than a CPU with AMX, the machine the presets' times are
+    given for)."""
+    dtype = str(weight.dtype).removeprefix("torch.")
+    why = ""
+    if cfg.dtype == "auto" and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        why = " (this CPU has no native bf16: AVX512-BF16 or AMX)"
+    return f"{dtype} on {weight.device}{why}"
 
 
 def _speed(results: dict) -> str:
@@ -210,7 +223,7 @@ def _write_run_report(matrix: ForgettingMatrix, out_dir: Path, results: dict) ->
     write_report(matrix, out_dir, title=f"{results['strategy']}: {', '.join(results['order'])} on {results['model']}",
                  extra={"parameters": results["parameters"], "tokens": results["tokens"],
                         "wall_seconds": results["wall_seconds"], "peak_memory_mb": None if peak is None else round(peak),
-                        "matmul_tflops": _matmul_speed(results) or None,
+                        "compute_dtype": results.get("compute_dtype"), "matmul_tflops": _matmul_speed(results) or None,
                         "preset": results.get("config", {}).get("preset")})
 
 
