@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from compose.generation import GenerationConfig, generate  # noqa: E402
-from compose.models import load_model  # noqa: E402
+from compose.models import cpu_has_fast_bf16, load_model  # noqa: E402
 from compose.patch import attach_patch  # noqa: E402
 from compose.train import TrainConfig, make_dpo_trainer, make_sft_trainer  # noqa: E402
 
@@ -188,6 +188,10 @@ def main() -> int:
     p.add_argument("--run-json", help="results.json of a finished compose run (wall time, peak memory)")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     args = p.parse_args()
+    if not cpu_has_fast_bf16():  # bf16 is emulated: one 2048-cube product takes about a minute (2 AVX2 cores)
+        print("perf.py compares bf16 with fp32 against the bf16 matmul bound, and this CPU has no native bf16 "
+              "(AVX512-BF16 or AMX); run it on one that has", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     results = {"machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                            "python": platform.python_version(), "platform": platform.platform()}}
