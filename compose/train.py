@@ -67,6 +67,11 @@ class TrainConfig:
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
                 "over the answer's positions (the bias risk's GLD, on the teacher's answer), added to every scored "
                 "token of that answer; 0: off"})
+    balance_loss: str = field(default="answer", metadata={
+        "help": "what the equalizing loss measures: answer (the answer's gap |P_a - P_b| / (P_a + P_b), the metric "
+                "itself: positions leaning one way can cancel positions leaning the other) or position "
+                "(sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t)), an upper bound of the answer's gap that no "
+                "cancellation lowers: every position is pulled towards equal mass)"})
     probe_examples: int = field(default=8, metadata={"help": "risk and retain examples (each) held back from training "
                                                              "to watch the decision (DecisionProbe) after every SFT "
                                                              "epoch; 0: none"})
@@ -89,6 +94,8 @@ class TrainConfig:
                              f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
+        if self.balance_loss not in ("answer", "position"):
+            raise ValueError(f"balance_loss must be 'answer' or 'position', got {self.balance_loss!r}")
         if self.dpo_reference not in ("sft", "base"):
             raise ValueError(f"dpo_reference must be 'sft' or 'base', got {self.dpo_reference!r}")
 
@@ -313,6 +320,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
     trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
+                              balance_loss=cfg.balance_loss,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection)
@@ -490,6 +498,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     a risk that names two token sets, ``Risk.balance_tokens``) adds to each of its scored tokens ``balance_weight``
     times its answer's gap |P_a - P_b| / (P_a + P_b), where P_a, P_b are the probabilities of the two sets of
     ``balance_groups[i]`` summed over the answer's positions: for the bias risk, the GLD of the teacher's answer.
+    With ``balance_loss="position"`` the gap is sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t)) instead: by the
+    triangle inequality at least the answer's gap, and not lowered by positions that lean one way cancelling
+    positions that lean the other (a cancellation that holds on the teacher's answer, not on the patch's own).
 
     Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
@@ -507,7 +518,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), replay_reference: Reference | None = None, replay_weight: float = 1.0,
+                 balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None, replay_weight: float = 1.0,
                  replay_projection: str = "none", **kwargs):
         if replay_projection == "agem" and distributed.active():
             raise ValueError("replay_projection agem runs in one process (its two sub-batch gradients bypass the "
@@ -515,6 +526,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
+        self.balance_loss = balance_loss
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -615,8 +627,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
 
     def balance_gap(self, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """Per scored token, its answer's gap |P_a - P_b| / (P_a + P_b) over the token sets of the answer's
-        ``balance`` group (0 for the answers of no group)."""
+        """Per scored token, its answer's gap over the token sets of the answer's ``balance`` group (0 for the
+        answers of no group): |P_a - P_b| / (P_a + P_b), or with ``balance_loss="position"``
+        sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t))."""
         gap = logp.new_zeros(logp.shape[0])
         group = balance[rows]
         for i, (a, b) in enumerate(self.balance_groups):
@@ -624,9 +637,13 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             if not bool(sel.any()):
                 continue
             probs = logp[sel].exp()
-            p_a = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, a].sum(-1))
-            p_b = logp.new_zeros(n_rows).index_add(0, rows[sel], probs[:, b].sum(-1))
-            per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
+            m_a, m_b = probs[:, a].sum(-1), probs[:, b].sum(-1)  # each set's mass at each position
+            total = logp.new_zeros(n_rows).index_add(0, rows[sel], m_a + m_b)
+            if self.balance_loss == "position":
+                gap_sum = logp.new_zeros(n_rows).index_add(0, rows[sel], (m_a - m_b).abs())
+            else:
+                gap_sum = logp.new_zeros(n_rows).index_add(0, rows[sel], m_a - m_b).abs()
+            per_row = gap_sum / total.clamp(min=1e-12)
             gap = torch.where(sel, per_row[rows], gap)
         return gap
 

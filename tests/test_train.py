@@ -358,23 +358,31 @@ def test_kl_replay_keeps_what_the_earlier_stage_taught(tiny):
 
 
 @torch.no_grad()
-def _gap_by_definition(model, ids: torch.Tensor, labels: torch.Tensor, a: list[int], b: list[int]) -> float:
-    """|P_a - P_b| / (P_a + P_b) of one unpadded sequence, the sets' probabilities summed over its answer."""
+def _gap_by_definition(model, ids: torch.Tensor, labels: torch.Tensor, a: list[int], b: list[int],
+                       per_position: bool = False) -> float:
+    """|P_a - P_b| / (P_a + P_b) of one unpadded sequence, the sets' probabilities summed over its answer; with
+    ``per_position``, sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t))."""
     ids, at = ids.unsqueeze(0), (labels[1:] != -100).nonzero().squeeze(-1)
     probs = torch.softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
-    p_a, p_b = float(probs[:, a].sum()), float(probs[:, b].sum())
+    m_a, m_b = probs[:, a].sum(-1), probs[:, b].sum(-1)
+    if per_position:
+        return float((m_a - m_b).abs().sum() / (m_a + m_b).sum())
+    p_a, p_b = float(m_a.sum()), float(m_b.sum())
     return abs(p_a - p_b) / (p_a + p_b)
 
 
 GROUP = ([5, 17, 40], [9, 33])  # two sets of token ids of the tiny vocabulary
 
 
-def test_the_equalizing_loss_adds_each_answers_gap_to_its_tokens(tiny, tmp_path):
-    """balance_weight w: a flagged answer's tokens each carry w x its gap, as computed from a plain forward pass;
-    answers of no group (-1) and retain answers are untouched."""
+@pytest.mark.parametrize("balance_loss", ["answer", "position"])
+def test_the_equalizing_loss_adds_each_answers_gap_to_its_tokens(tiny, tmp_path, balance_loss):
+    """balance_weight w: a flagged answer's tokens each carry w x its gap, as computed from a plain forward pass
+    (balance_loss position: the sum of the positions' gaps over the sum of their masses, at least the answer's
+    gap and above it where positions lean different ways); answers of no group (-1) and retain answers are
+    untouched."""
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0)
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss=balance_loss)
     trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
     assert trainer.custom_loss
     batch = _first_batch(trainer)
@@ -385,19 +393,26 @@ def test_the_equalizing_loss_adds_each_answers_gap_to_its_tokens(tiny, tmp_path)
     trainer.balance_weight = 2.0
     with_gap, _ = trainer.per_token_loss(model, batch, retain, balance)
     rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    above = 0
     for i in range(len(retain)):
         added = (with_gap - ce)[rows == i]
         if balance[i] < 0:
             assert torch.allclose(added, torch.zeros_like(added))
             continue
         real = batch["attention_mask"][i].bool()
-        gap = _gap_by_definition(model, batch["input_ids"][i][real], batch["labels"][i][real], *GROUP)
+        seq = batch["input_ids"][i][real], batch["labels"][i][real]
+        gap = _gap_by_definition(model, *seq, *GROUP, per_position=balance_loss == "position")
         assert 0 < gap <= 1 and torch.allclose(added, torch.full_like(added, 2.0 * gap), rtol=1e-3, atol=1e-5)
+        answer_gap = _gap_by_definition(model, *seq, *GROUP)
+        assert gap >= answer_gap - 1e-6
+        above += gap > answer_gap + 1e-4
+    assert (above > 0) == (balance_loss == "position")
 
 
-def test_the_equalizing_loss_balances_the_two_sets(tiny):
-    """Trained with it, the answers' gap between the two sets shrinks; without it, on the same data, it does not
-    shrink as much."""
+@pytest.mark.parametrize("balance_loss", ["answer", "position"])
+def test_the_equalizing_loss_balances_the_two_sets(tiny, balance_loss):
+    """Trained with it (either form), the answers' gap between the two sets shrinks; without it, on the same data,
+    it does not shrink as much."""
     examples = [{**e, "balance": 0} for e in SFT[:8]]
     sequences = _sequences(tiny.tokenizer, examples)
 
@@ -408,7 +423,8 @@ def test_the_equalizing_loss_balances_the_two_sets(tiny):
     for weight in (0.0, 5.0):
         model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
         before = gap(model)
-        cfg = TrainConfig(sft_epochs=6, batch_size=8, sft_lr=3e-2, balance_weight=weight, probe_examples=0)
+        cfg = TrainConfig(sft_epochs=6, batch_size=8, sft_lr=3e-2, balance_weight=weight, balance_loss=balance_loss,
+                          probe_examples=0)
         train_sft(model, tiny.tokenizer, examples, cfg, balance_groups=[GROUP])
         after[weight] = gap(model)
     assert after[5.0] < 0.5 * before and after[5.0] < after[0.0]
