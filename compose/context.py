@@ -37,7 +37,7 @@ log = logging.getLogger("compose.run")
 
 # Part of every cache key (teacher data, base evaluations, specialists): bump it when a change to the code that
 # builds training data or computes metrics makes earlier cached results stale.
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 class Stage:

@@ -11,12 +11,12 @@ def sweep():
     return experiment("sweep")
 
 
-def _eval(gas: list[float], gld: list[float], ppl: float) -> dict:
+def _eval(gas: list[float], gld: list[float], ppl: float, evasive: list[float] | None = None) -> dict:
     def interval(values):
         mean = sum(values) / len(values)
         return {"value": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1, "n": len(values)}
-    return {"items": {"gas": gas, "gld": gld}, "intervals": {"gas": interval(gas), "gld": interval(gld)},
-            "fluency": {"perplexity": ppl}}
+    items = {"gas": gas, "gld": gld, **({"evasive": evasive} if evasive is not None else {})}
+    return {"items": items, "intervals": {k: interval(v) for k, v in items.items()}, "fluency": {"perplexity": ppl}}
 
 
 def test_extra_sets_get_their_own_table(sweep):
@@ -30,7 +30,7 @@ def test_extra_sets_get_their_own_table(sweep):
     table = sweep.summary("bias", {"a": row}, seed=0)
     assert "On `nouns` (`nouns.jsonl`, n = 4; never trained on)" in table
     assert "| a | 0.250 [0.150, 0.350] |" in table  # the patched GAS on the extra set
-    assert table.count("| a |") == 2
+    assert table.count("| a |") == 2 and "| n/a |" in table  # evasive: not measured by these evaluations
 
 
 @pytest.mark.parametrize("spec", ["nouns", "nouns=no-such-file.jsonl", "=x"])
@@ -43,17 +43,22 @@ def test_a_bad_eval_set_is_refused(sweep, spec):
 def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_path):
     import json
 
-    base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0)  # GAS 0.75, GLD 0.5
-    good = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2)  # GAS 0.25, GLD 0.2: both <= half of base
-    weak = _eval([1.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2)  # GAS 0.5: not
-    for seed, patched in enumerate((good, weak)):
+    told = [0.0, 0.0, 0.0, 0.0]  # every answer continues the story
+    base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0, told)  # GAS 0.75, GLD 0.5
+    good = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, told)  # GAS 0.25, GLD 0.2: both <= half of base
+    weak = _eval([1.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, told)  # GAS 0.5: not
+    evading = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, [1.0, 0.0, 0.0, 0.0])  # as good, 1 in 4 evasive
+    for seed, (patched, other) in enumerate(((good, good), (weak, evading))):
         row = {"seconds": 1.0, **sweep.compared("bias", base, patched),
-               "sets": {"nouns": {"file": "nouns.jsonl", **sweep.compared("bias", base, good)}}}
+               "sets": {"nouns": {"file": "nouns.jsonl", **sweep.compared("bias", base, other)}}}
         (tmp_path / f"seed{seed}").mkdir()
         (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"a": row}))
     text = sweep.aggregate("bias", tmp_path)
     assert text == (tmp_path / "summary.md").read_text()
-    assert "seeds 0, 1" in text and "| a | 0.375 ± 0.177 | 0.200 ± 0.000 | 1.10 ± 0.00 | 1 of 2 |" in text
-    assert "## `nouns` (`nouns.jsonl`)" in text and "| 2 of 2 |" in text
+    assert "seeds 0, 1" in text
+    assert "| a | 0.375 ± 0.177 | 0.200 ± 0.000 | 0.000 ± 0.000 | 1.10 ± 0.00 | 1 of 2 |" in text
+    # on nouns both seeds halve GAS and GLD, but seed 1 evades in 0.25 of its answers (base 0, margin 0.10)
+    assert "## `nouns` (`nouns.jsonl`)" in text
+    assert "| a | 0.250 ± 0.000 | 0.200 ± 0.000 | 0.125 ± 0.177 | 1.10 ± 0.00 | 1 of 2 |" in text
     with pytest.raises(SystemExit, match="has no seedN/results.json"):
         sweep.aggregate("bias", tmp_path / "seed0")
