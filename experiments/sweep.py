@@ -9,6 +9,8 @@ everyday requests), and on any real set given.
         --name bias-data --eval-set role-nouns=runs/role_nouns.jsonl \\
         --eval-set professions=../shared/data/bias_gendered_professions.jsonl
     .venv/bin/python experiments/sweep.py --risk bias --name bias-data --aggregate    # over the seeds
+    .venv/bin/python experiments/sweep.py --risk bias --seed 1 --recipes experiments/recipes/bias-loss \
+        --name bias-loss --only preset,position    # some of a folder's recipes
 
 Each recipe: `compose run --risks RISK --strategy sequential --config RECIPE` into runs/NAME/RECIPE/seedS (NAME
 ``--name``, default RISK-sweep; a finished run is read, not run again; teacher data and the base model's evaluation
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME=FILE",
                    help="also measure every recipe on FILE as the risk's eval split (repeatable), e.g. "
                         "professions=../shared/data/bias_gendered_professions.jsonl")
+    p.add_argument("--only", metavar="RECIPE[,RECIPE...]",
+                   help="run only these recipes of the folder (their file names without .yaml), e.g. preset,position")
     p.add_argument("--aggregate", action="store_true",
                    help="summarise experiments/results/recipe/NAME/seed*/results.json over the seeds instead")
     p.add_argument("--name", help="the study's name: runs/NAME/RECIPE/seedS, experiments/results/recipe/NAME/seedS "
@@ -221,7 +225,14 @@ def main(argv=None) -> int:
         return 0
     sets = eval_sets(args.eval_set)
     rows = {}
-    for recipe in sorted(recipes.glob("*.yaml")):
+    chosen = sorted(recipes.glob("*.yaml"))
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {r.stem for r in chosen})
+        if unknown:
+            p.error(f"--only: no recipe {', '.join(unknown)} in {recipes}; valid: {', '.join(r.stem for r in chosen)}")
+        chosen = [r for r in chosen if r.stem in wanted]
+    for recipe in chosen:
         out = ROOT / "runs" / name / recipe.stem / f"seed{args.seed}"
         run(risk, recipe, out, args.seed)
         rows[recipe.stem] = measure(risk, out)

@@ -62,3 +62,13 @@ def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_p
     assert "| a | 0.250 ± 0.000 | 0.200 ± 0.000 | 0.125 ± 0.177 | 1.10 ± 0.00 | 1 of 2 |" in text
     with pytest.raises(SystemExit, match="has no seedN/results.json"):
         sweep.aggregate("bias", tmp_path / "seed0")
+
+
+def test_only_names_recipes_of_the_folder(sweep, tmp_path, capsys):
+    """--only runs a subset of the folder's recipes; a name that is not there is refused in one line (exit 2)."""
+    (tmp_path / "preset.yaml").write_text("preset: smoke\n")
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--risk", "bias", "--recipes", str(tmp_path), "--only", "preset,nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no recipe nope" in err and "valid: preset" in err
