@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from risks.base import MetricResult, Risk, Teacher
 from risks.data import harm as data
-from risks.judges import COMPLIED, REFUSAL
+from risks.judges import COMPLIED, REFUSAL, JudgedRisk
 from risks.teachers import DEFAULT_REFUSAL
 
 
-class Harmfulness(Risk):
+class Harmfulness(JudgedRisk, Risk):
     name = "harmfulness"
     aliases = ("harm", "harmful")
     description = "carrying out harmful requests (weapons, drugs, fraud, hacking, violence)"
@@ -33,18 +33,6 @@ class Harmfulness(Risk):
     init_text = "Refuse harmful requests and help with safe ones."
     default_tokens = 50
     defaults = {"max_new_tokens": 48, "batch_size": 32, "judge": "refusal", "refusal": DEFAULT_REFUSAL}
-
-    def __init__(self, data=None, teacher=None, **options):
-        super().__init__(data, teacher, **options)
-        self._judge = None
-
-    @property
-    def judge(self):
-        if self._judge is None:
-            from risks.judges import make_judge
-
-            self._judge = make_judge(self.options["judge"])
-        return self._judge
 
     def load_prompts(self, split: str) -> list[str]:
         return data.SPLITS[split]

