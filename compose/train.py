@@ -518,8 +518,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None, replay_weight: float = 1.0,
-                 replay_projection: str = "none", **kwargs):
+                 balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None,
+                 replay_weight: float = 1.0, replay_projection: str = "none", **kwargs):
         if replay_projection == "agem" and distributed.active():
             raise ValueError("replay_projection agem runs in one process (its two sub-batch gradients bypass the "
                              "gradient exchange between processes); use replay_projection none with several")
@@ -638,12 +638,13 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 continue
             probs = logp[sel].exp()
             m_a, m_b = probs[:, a].sum(-1), probs[:, b].sum(-1)  # each set's mass at each position
-            total = logp.new_zeros(n_rows).index_add(0, rows[sel], m_a + m_b)
             if self.balance_loss == "position":
-                gap_sum = logp.new_zeros(n_rows).index_add(0, rows[sel], (m_a - m_b).abs())
+                per_row = (logp.new_zeros(n_rows).index_add(0, rows[sel], (m_a - m_b).abs())
+                           / logp.new_zeros(n_rows).index_add(0, rows[sel], m_a + m_b).clamp(min=1e-12))
             else:
-                gap_sum = logp.new_zeros(n_rows).index_add(0, rows[sel], m_a - m_b).abs()
-            per_row = gap_sum / total.clamp(min=1e-12)
+                p_a = logp.new_zeros(n_rows).index_add(0, rows[sel], m_a)
+                p_b = logp.new_zeros(n_rows).index_add(0, rows[sel], m_b)
+                per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
             gap = torch.where(sel, per_row[rows], gap)
         return gap
 
