@@ -208,7 +208,8 @@ def main(argv=None) -> int:
                    help="also measure every recipe on FILE as the risk's eval split (repeatable), e.g. "
                         "professions=../shared/data/bias_gendered_professions.jsonl")
     p.add_argument("--only", metavar="RECIPE[,RECIPE...]",
-                   help="run only these recipes of the folder (their file names without .yaml), e.g. preset,position")
+                   help="run only these recipes of the folder (their file names without .yaml), e.g. preset,position; "
+                        "the seed's results.json keeps the rows of the others")
     p.add_argument("--aggregate", action="store_true",
                    help="summarise experiments/results/recipe/NAME/seed*/results.json over the seeds instead")
     p.add_argument("--name", help="the study's name: runs/NAME/RECIPE/seedS, experiments/results/recipe/NAME/seedS "
@@ -239,6 +240,8 @@ def main(argv=None) -> int:
         if sets:
             rows[recipe.stem]["sets"] = measure_sets(risk, out, ROOT / "runs" / name, sets)
     results = ROOT / "experiments" / "results" / "recipe" / name / f"seed{args.seed}"
+    if args.only and (results / "results.json").is_file():  # the other recipes' rows of this seed stay
+        rows = {**json.loads((results / "results.json").read_text()), **rows}
     atomic_write_json(results / "results.json", rows)
     text = summary(risk, rows, args.seed)
     atomic_write_text(results / "summary.md", text)
