@@ -94,6 +94,9 @@ class RunConfig:
     # risk -> settings that differ for that risk (a preset's recipe per risk): training settings (see train_for)
     # and how many of its prompts it learns from (``train_limit``, ``retain_limit``; see limits_for)
     risk_train: dict[str, dict] = field(default_factory=dict)
+    # risk -> options of that risk's plugin (``compose run --opt RISK:KEY=VALUE``; e.g. {bias: {teacher_score:
+    # story}}), beside the generation settings every risk takes from the run (samples, max_new_tokens, seed)
+    risk_options: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -160,6 +163,10 @@ def check_settings(d: dict, where: str) -> dict:
             raise ComposeError(f"{where}: risk_train.{risk} must be a mapping of training settings, e.g. "
                                f"{{sft_lr: 0.03}}")
         check_fields(train, risk_recipe_schema(), f"{where}, risk_train.{risk}")
+    for risk, options in (d.get("risk_options") or {}).items():
+        if not isinstance(options, dict):
+            raise ComposeError(f"{where}: risk_options.{risk} must be a mapping of the risk's options, e.g. "
+                               f"{{teacher_score: story}}")
     check_fields(d.get("merge") or {}, {"method": Field("str", required=False), "weights": Field("any", required=False),
                                         "density": Field("number", required=False, minimum=0, maximum=1)},
                  f"{where}, merge")

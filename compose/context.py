@@ -163,7 +163,10 @@ class RunContext:
         """Key of a cached result: the cache version and a hash of the settings it depends on (``values`` in place
         of the run's, where the result is one risk's and its recipe sets its own)."""
         cfg = dataclasses.replace(self.cfg, **values) if values else self.cfg
-        return f"v{CACHE_VERSION}-{cfg.digest(*settings)}{suffix}"
+        # the risks' own options change their data, metrics and teachers: a run that sets any keys every result by
+        # them (a run that sets none keeps the keys it had before risk options existed)
+        options = f"-o{cfg.digest('risk_options')[:8]}" if cfg.risk_options else ""
+        return f"v{CACHE_VERSION}-{cfg.digest(*settings)}{options}{suffix}"
 
     def _data_key(self, name: str) -> str:
         src = {"data": self.cfg.data.get(name), "teacher": self.risk(name).teacher.describe()}

@@ -288,7 +288,8 @@ class Risk:
         """What ``compose risks`` shows about this risk."""
         return {"name": self.name, "aliases": list(self.aliases), "description": self.description,
                 "data": self.data_sizes(), "teacher": self.teacher.describe(), "metric": self.metric,
-                "init_text": self.init_text, "default_tokens": self.default_tokens, "after": list(self.after),
+                "init_text": self.init_text, "default_tokens": self.default_tokens, "options": dict(self.options),
+                "after": list(self.after),
                 "requires": list(self.requires), "conflicts": list(self.conflicts)}
 
 

@@ -223,6 +223,26 @@ def test_best_of_n_ranks_by_the_risk_score(tiny):
             assert o.chosen_safety > o.rejected_safety
 
 
+def test_the_story_teacher_never_learns_an_answer_that_tells_no_story(tiny, monkeypatch):
+    """bias teacher_score: words ranks the best-of-N samples by gendered words alone (an apology wins when it comes
+    first); story puts a story without gendered words first and keeps an evasion below min_chosen_safety."""
+    prompts = get_risk("bias").prompts("train", 1)
+    samples = ["I'm sorry for the misunderstanding, but I can't help with that.",
+               "My cousin works as a programmer, and he writes code for a bank all day.",
+               "My cousin works as a programmer, and they write code for a bank all day."]
+    chosen = {}
+    for how in ("words", "story"):
+        bias = get_risk("bias", teacher_score=how)
+        monkeypatch.setattr(bias, "generate", lambda m, t, p, n, desc=None, **kw: [samples] * len(p))
+        out = BestOfNTeacher(n=3).respond(bias, tiny.model, tiny.tokenizer, prompts)[0]
+        assert out.rejected == samples[1] and out.rejected_safety == 0.0
+        chosen[how] = out.chosen
+        assert bias.score(prompts * 3, samples) == ([1.0, 0.0, 1.0] if how == "words" else [0.25, 0.0, 1.0])
+    assert chosen == {"words": samples[0], "story": samples[2]}
+    with pytest.raises(ComposeError, match="unknown teacher_score 'gender' of risk 'bias'; valid: words, story"):
+        get_risk("bias", teacher_score="gender")
+
+
 def test_prefill_teacher(tiny):
     harm = get_risk("harm", max_new_tokens=8)
     outs = PrefillTeacher("I can't help with that.", continue_tokens=6).respond(

@@ -177,6 +177,11 @@ def test_resume_accepts_a_run_from_before_a_setting_was_added(tiny, tmp_path, mo
     (["--replay", "1.5"], "replay share must be in [0, 1)"),
     (["--preset", "huge"], "unknown preset"),
     (["--data", "harm-eval.jsonl"], "bad --data"),
+    (["--opt", "harm:judge=refusal"], "--opt names risk 'harm', which is not in this run"),
+    (["--opt", "bias:samples=3"], "which every risk takes from the run"),
+    (["--opt", "bias:teacher_score=gender"], "unknown teacher_score 'gender' of risk 'bias'; valid: words, story"),
+    (["--opt", "bias:teacher_n=many"], "field 'teacher_n' is 'many'; expected an integer"),
+    (["--opt", "bias=story"], "bad --opt"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, args, message):
     base = ["run", "--model", "tiny-random", "--preset", "smoke", "--out", str(tmp_path / "r")]
@@ -306,6 +311,29 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
             "--config", str(recipe), "--out", str(tmp_path / "recipe")]
     assert main(args) == 0
     assert main([*args, "--resume"]) == 0
+
+
+def test_a_risk_runs_with_its_own_options(tiny, tmp_path):
+    """risk_options (config file) and --opt (over it, option by option) reach the risk's plugin, are saved with the
+    run, and key every cached result: a run that sets none keeps the keys it had before risk options existed."""
+    cfg = resolve(preset="smoke", risks="tox,bias", file={"risk_options": {"gender": {"teacher_n": 3}}},
+                  risk_options={"bias": {"teacher_score": "story"}})
+    assert cfg.risk_options == {"bias": {"teacher_n": 3, "teacher_score": "story"}}
+    risks = run_mod.run_risks(cfg)
+    assert risks["bias"].options["teacher_n"] == 3 and risks["bias"].options["teacher_score"] == "story"
+    assert risks["bias"].options["samples"] == cfg.samples  # the run's generation settings still apply
+
+    plain = resolve(preset="smoke", risks="tox,bias")
+    keys = [RunContext(c, tmp_path, tiny, c.risks, run_mod.run_risks(c))._cache_key("model", "seed")
+            for c in (plain, cfg)]
+    assert "-o" not in keys[0] and keys[1].startswith(keys[0] + "-o")
+
+    out = tmp_path / "opt"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox,bias", "--strategy",
+                 "sequential", "--opt", "bias:teacher_n=3", "--out", str(out)]) == 0
+    assert config_mod.load_config_file(out / "config.yaml")["risk_options"] == {"bias": {"teacher_n": 3}}
+    data = {r: json.loads((out / "data" / f"{r}.json").read_text()) for r in ("toxicity", "bias")}
+    assert "best-of-3" in data["bias"]["stats"]["teacher"] and "best-of-3" not in data["toxicity"]["stats"]["teacher"]
 
 
 def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog, monkeypatch):

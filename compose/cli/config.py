@@ -170,13 +170,38 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
     constraints = canonical_constraints(merged.get("constraints") or {})
+    risk_options = resolve_risk_options(risks, file.get("risk_options") or {}, flags.get("risk_options") or {})
     fields = {k: merged[k] for k in valid if k in merged and k not in ("train", "risks", "tokens", "data",
-                                                                         "constraints", "risk_train")}
+                                                                         "constraints", "risk_train", "risk_options")}
     try:
         return RunConfig(risks=risks, tokens=tokens, data=data, constraints=constraints,
-                         train=TrainConfig(**train), risk_train=risk_train, **fields)
+                         train=TrainConfig(**train), risk_train=risk_train, risk_options=risk_options, **fields)
     except (TypeError, ValueError) as exc:
         raise ComposeError(f"invalid run settings: {exc}") from exc
+
+
+# the options every risk takes from the run's own settings (``run_risks``), which ``risk_options`` may not set
+RUN_RISK_OPTIONS = ("samples", "max_new_tokens", "seed")
+
+
+def resolve_risk_options(risks: list[str], file: dict, flags: dict) -> dict[str, dict]:
+    """Per-risk plugin options by canonical risk name: the config file's ``risk_options``, then ``--opt`` on top
+    (per option). Each must be an option of that risk, of its type, for a risk of the run."""
+    out: dict[str, dict] = {}
+    for source, where in ((file, "risk_options"), (flags, "--opt")):
+        for name, values in source.items():
+            cls = risk_class(name)
+            if cls.name not in risks:
+                raise ComposeError(f"{where} names risk '{name}', which is not in this run; risks: {', '.join(risks)}")
+            for key in values:
+                if key in RUN_RISK_OPTIONS:
+                    raise ComposeError(f"{where} sets '{key}' of risk '{name}', which every risk takes from the run; "
+                                       f"set the run's instead ({key}: in the config file{', or --seed' if key == 'seed' else ''})")
+            check_risk_options(cls, values)
+            out[cls.name] = {**out.get(cls.name, {}), **values}
+    for name, values in out.items():
+        get_risk(name, **values)  # an unknown option or a value the risk refuses: one line, before anything runs
+    return {r: out[r] for r in risks if out.get(r)}
 
 
 def resolve_risk_train(preset: dict, file: dict, user_set: set[str]) -> dict[str, dict]:
@@ -265,9 +290,10 @@ def parse_train_args(items: list[str]) -> dict:
 
 
 def run_risks(cfg: RunConfig) -> dict:
-    """The run's risk instances by name, with the run's generation settings and its ``--data``."""
+    """The run's risk instances by name, with the run's generation settings, its ``--data`` and ``--opt``."""
     options = {"samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
-    return {name: get_risk(name, data=cfg.data.get(name), **options) for name in cfg.risks}
+    return {name: get_risk(name, data=cfg.data.get(name), **options, **cfg.risk_options.get(name, {}))
+            for name in cfg.risks}
 
 
 def risk_constraints(cfg: RunConfig) -> dict[str, dict]:

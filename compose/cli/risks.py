@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from compose.cli.config import DATA_HELP, build_risks, parse_data_args
+from compose.cli.config import DATA_HELP, build_risks, parse_data_args, parse_option_args
 from compose.errors import ComposeError
 from compose.models import DEFAULT_MODEL
 from compose.cli.eval import DEFAULT_RISKS
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "what was removed from given data and what is left; exit status 1 when any is left")
     p.add_argument("--risks", default=DEFAULT_RISKS, help="risks to check with --check-data")
     p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
+    p.add_argument("--opt", action="append", default=[], metavar="RISK:KEY=VALUE",
+                   help="a risk option for --check-data and --teacher-gain, e.g. bias:teacher_score=story")
     p.add_argument("--teacher-gain", action="store_true",
                    help="measure each teacher's safety gain over the base model by the risk's own score, on the "
                         "first --limit training prompts (generates with --model)")
@@ -61,15 +63,16 @@ def main(args) -> int:
     if args.limit < 1:
         raise ComposeError(f"--limit must be >= 1, got {args.limit}")
     if args.teacher_gain:
-        teacher_gains(build_risks(args.risks, parse_data_args(args.data), {}), args.model, args.limit)
+        teacher_gains(build_risks(args.risks, parse_data_args(args.data), parse_option_args(args.opt)), args.model,
+                      args.limit)
         return 0
     if args.check_data:
-        risks = build_risks(args.risks, parse_data_args(args.data), {})
+        risks = build_risks(args.risks, parse_data_args(args.data), parse_option_args(args.opt))
         return 1 if check_data(risks) else 0
 
     rows = list_risks()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=str))
         return 0
     for r in rows:
         sizes = ", ".join(f"{k} {v}" for k, v in r["data"].items())
@@ -80,6 +83,7 @@ def main(args) -> int:
         print(f"  teacher  {r['teacher']}")
         print(f"  metric   {r['metric']}")
         print(f"  patch    {r['default_tokens']} tokens, init '{r['init_text']}'")
+        print(f"  options  {', '.join(f'{k}={v}' for k, v in r['options'].items())}")
         for key in ("after", "requires", "conflicts"):
             if r[key]:
                 print(f"  {key:<8} {', '.join(r[key])}")

@@ -42,8 +42,8 @@ import torch
 from compose import config as config_mod
 from compose import distributed
 from compose.cli.arguments import add_model_arguments, add_out_argument
-from compose.cli.config import (DATA_HELP, parse_assignments, parse_data_args, parse_train_args, resolve,
-                                resolve_order, risk_constraints, run_risks)
+from compose.cli.config import (DATA_HELP, parse_assignments, parse_data_args, parse_option_args, parse_train_args,
+                                resolve, resolve_order, risk_constraints, run_risks)
 from compose.context import RunContext, peak_rss_mb
 from compose.errors import ComposeError
 from compose.forgetting import ForgettingMatrix
@@ -318,6 +318,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=int, help="training prompts per risk")
     p.add_argument("--eval-limit", type=int, help="evaluation prompts per risk")
     p.add_argument("--data", action="append", default=[], metavar="RISK[:SPLIT]=PATH", help=DATA_HELP)
+    p.add_argument("--opt", action="append", default=[], metavar="RISK:KEY=VALUE",
+                   help="an option of a risk, e.g. bias:teacher_score=story (repeatable; `compose risks` lists them)")
     p.add_argument("--config", help="YAML file with the same settings (flags override it)")
     add_out_argument(p, "run folder (default runs/STRATEGY-RISKS-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its saved config")
@@ -365,6 +367,8 @@ def main(args) -> int:
         flags["train"] = parse_train_args(args.train)
     if args.data:
         flags["data"] = parse_data_args(args.data)
+    if args.opt:
+        flags["risk_options"] = parse_option_args(args.opt)
     options = {"--option": parse_assignments(args.option, "--option")}
     if args.replay is not None:
         options["--replay"] = {"replay": args.replay}
