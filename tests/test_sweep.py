@@ -72,3 +72,18 @@ def test_only_names_recipes_of_the_folder(sweep, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no recipe nope" in err and "valid: preset" in err
+
+
+def test_every_committed_recipe_resolves():
+    """Each recipe under experiments/recipes is a run config compose accepts (its risk_train, risk_options...):
+    a recipe the sweep would only refuse when its turn comes fails here."""
+    from pathlib import Path
+
+    from compose.cli.config import resolve
+    from compose.config import load_config_file
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "experiments" / "recipes").rglob("*.yaml"))
+    assert len(recipes) > 10
+    for path in recipes:
+        cfg = resolve(load_config_file(path), risks="tox,bias,harm")
+        assert cfg.preset == "quick", path
