@@ -195,8 +195,9 @@ def resolve_risk_options(risks: list[str], file: dict, flags: dict) -> dict[str,
                 raise ComposeError(f"{where} names risk '{name}', which is not in this run; risks: {', '.join(risks)}")
             for key in values:
                 if key in RUN_RISK_OPTIONS:
+                    where_set = f"{key}: in the config file" + (", or --seed" if key == "seed" else "")
                     raise ComposeError(f"{where} sets '{key}' of risk '{name}', which every risk takes from the run; "
-                                       f"set the run's instead ({key}: in the config file{', or --seed' if key == 'seed' else ''})")
+                                       f"set the run's instead ({where_set})")
             check_risk_options(cls, values)
             out[cls.name] = {**out.get(cls.name, {}), **values}
     for name, values in out.items():
