@@ -77,6 +77,7 @@ class RunConfig:
     preset: str = DEFAULT_PRESET
     tokens: dict[str, int] = field(default_factory=dict)
     replay: float = DEFAULT_SHARE  # the option of the strategies with replay (compose.replay.ReplayOptions)
+    activation: str = "subsets"  # the option of the modular strategy (strategies.modular.ModularOptions)
     seed: int = 0
     order: str = "given"  # "given" (dependency graph, ties in the user's order) or "auto" (measured interference)
     train_limit: int = 48

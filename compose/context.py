@@ -183,8 +183,11 @@ class RunContext:
         return [Segment(r, 0, tokens) for r in risks]
 
     def train(self, model, sft: list[dict], pairs: list[dict], reference: Reference | None = None,
-              frozen_rows: slice | None = None, desc: str = "training", risks: list[str] | None = None) -> dict:
-        """SFT then DPO on ``sft`` / ``pairs``, with the training settings of a stage that learns ``risks``."""
+              frozen_rows: slice | None = None, desc: str = "training", risks: list[str] | None = None,
+              subsets: list[Segment] | None = None) -> dict:
+        """SFT then DPO on ``sft`` / ``pairs``, with the training settings of a stage that learns ``risks``;
+        ``subsets``: the patch's blocks, SFT drawing a random subset of them for every example (``StagePlan``;
+        DPO trains the whole patch)."""
         config = self.cfg.train_for(risks)
         # held back from training and watched: does the patch take the teacher's decision on risk prompts it
         # never saw, and keep the base model's answer on benign ones?
@@ -203,8 +206,9 @@ class RunContext:
             # examples of a risk that is not in this run: that is silent)
             log.warning(f"{desc}: balance_weight={self.cfg.train.balance_weight:g} has no effect: no risk of this "
                         f"run names token sets to balance (the bias risk does)")
+        blocks = [(b.start, b.start + b.tokens) for b in subsets] if subsets else None
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
-                      probe=watchers, balance_groups=groups)
+                      probe=watchers, balance_groups=groups, blocks=blocks)
         if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which

@@ -46,7 +46,9 @@ class StagePlan:
     ``name`` is the stage's folder and row name; ``model`` the patched model it trains (a finished stage's patch
     is loaded into it); ``risks`` the risks whose training data it learns (the replay share of earlier risks is
     mixed in by the loop); ``trained`` the risk the matrix row names (None: several, as in joint training);
-    ``kind`` the row's kind (``stage`` or ``composed``).
+    ``kind`` the row's kind (``stage`` or ``composed``); ``subsets``: the patch's per-risk blocks, when each
+    example is to be trained with a random subset of them active (its own risk's among them; see
+    ``compose.train.PatchSFTTrainer``).
     """
 
     name: str
@@ -58,6 +60,7 @@ class StagePlan:
     kind: str = "stage"
     trained: str | None = ""  # "": the stage's name
     desc: str = ""
+    subsets: list[Segment] | None = None
 
 
 @dataclass
@@ -108,10 +111,15 @@ class Strategy:
             stage = ctx.stage(index + 1, plan.name)
             if not stage.restore(plan.model, kind=plan.kind, trained=plan.trained):
                 sft = [e for r in plan.risks for e in ctx.data(r).sft]
+                if plan.subsets is not None:  # each risk example names its own block; a retain example none
+                    own = {s.risk: i for i, s in enumerate(plan.subsets)}
+                    sft = [{**e, "block": own[r] if e.get("source") == "risk" else -1}
+                           for r in plan.risks for e in ctx.data(r).sft]
                 pairs = [p for r in plan.risks for p in ctx.data(r).pairs]
                 sft, pairs = replay.mix(index, sft, pairs)
                 training = ctx.train(plan.model, sft, pairs, reference=plan.reference, frozen_rows=plan.frozen_rows,
-                                     desc=plan.desc or f"stage {index + 1} {plan.name}", risks=plan.risks)
+                                     desc=plan.desc or f"stage {index + 1} {plan.name}", risks=plan.risks,
+                                     subsets=plan.subsets)
                 stage.finish(plan.model, plan.segments, training, kind=plan.kind, trained=plan.trained)
             for risk in plan.risks:
                 replay.add(risk, ctx.data(risk))

@@ -291,12 +291,16 @@ class DecisionProbe:
 
 
 def sft_dataset(examples: list[dict]):
+    """The SFT examples as TRL reads them, with the flags ``PatchSFTTrainer`` needs (``block``: the example's own
+    block of a patch trained with random subsets of its blocks active, only where the examples name one)."""
     from datasets import Dataset
 
+    blocks = any("block" in e for e in examples)
     return Dataset.from_list([{"prompt": chat(e["prompt"]),
                                "completion": [{"role": "assistant", "content": e["completion"]}],
                                "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1)),
-                               "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain")}
+                               "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain"),
+                               **({"block": int(e.get("block", -1))} if blocks else {})}
                               for e in examples])
 
 
@@ -309,10 +313,12 @@ def dpo_dataset(pairs: list[dict]):
 
 
 def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str,
-                     callbacks=(), balance_groups=(), replay_reference: Reference | None = None):
+                     callbacks=(), balance_groups=(), replay_reference: Reference | None = None,
+                     blocks: list[tuple[int, int]] | None = None):
     """A TRL ``SFTTrainer`` over ``examples`` = [{prompt, completion}], loss on the completion only.
     ``balance_groups``: the token-set pairs an example's ``balance`` index names; ``replay_reference``: the model
-    the replayed examples are kept close to with ``replay_objective: kl`` (``PatchSFTTrainer``)."""
+    the replayed examples are kept close to with ``replay_objective: kl``; ``blocks``: the patch's blocks, each
+    example trained with a random subset of them active (``PatchSFTTrainer``)."""
     from trl import SFTConfig
 
     args = _training_args(SFTConfig, cfg, cfg.sft_epochs, cfg.sft_lr, output_dir, completion_only_loss=True,
@@ -323,7 +329,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               balance_loss=cfg.balance_loss,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
-                              replay_projection=cfg.replay_projection)
+                              replay_projection=cfg.replay_projection, blocks=blocks, seed=cfg.seed)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -404,13 +410,14 @@ def _drop_extra_adapters(model: PeftModel) -> None:
 def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfig,
               frozen_rows: slice | None = None, desc: str = "",
               probe: list[DecisionProbe] | list[dict] | None = None, balance_groups=(),
-              replay_reference: Reference | None = None) -> StageResult:
+              replay_reference: Reference | None = None, blocks: list[tuple[int, int]] | None = None) -> StageResult:
     """Teach the patch to imitate ``examples`` = [{prompt, completion}]: cross-entropy on the response only.
     ``probe``: ``DecisionProbe``s (or one probe's held-back examples) measured at the start and after every epoch.
     ``balance_groups``: pairs of token-id sets; an example whose ``balance`` is i also learns to keep the two sets
     of pair i equally probable (``cfg.balance_weight``). ``replay_reference``: with ``cfg.replay_objective`` kl,
     the replayed examples (``replay_of``) learn the KL from it instead of their answer's cross-entropy (default:
-    the patch as it is now, before this training)."""
+    the patch as it is now, before this training). ``blocks``: the patch's blocks as (start, stop) rows, trained
+    with random subsets active (``sample_active_blocks``; an example's ``block`` names its own)."""
     result = StageResult("sft", examples=len(examples))
     if not examples or cfg.sft_epochs == 0:
         return result
@@ -425,8 +432,12 @@ def train_sft(model: PeftModel, tokenizer, examples: list[dict], cfg: TrainConfi
                 raise ValueError("replay_objective kl keeps the replayed examples at a soft prompt; this model's "
                                  "adapter is not one (use replay_objective ce)")
             replay_reference = Reference(prefix=get_prompt(model))
-        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups, replay_reference)
-        _run(trainer, result)
+        trainer = make_sft_trainer(model, tokenizer, examples, cfg, tmp, callbacks, balance_groups, replay_reference,
+                                   blocks)
+        try:
+            _run(trainer, result)
+        finally:
+            trainer.release_blocks()
     if cfg.replay_projection == "agem":
         result.projected_steps = trainer.projected_steps
     result.losses = recorder.losses
@@ -515,11 +526,20 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     g_new . g_replay < 0, g_new loses its component along g_replay, so to first order the step does not raise the
     replayed examples' loss; the step then follows g_new + g_replay. The two sub-batches cost about what the whole
     batch does.
+
+    Random subsets of blocks (``blocks`` given: the patch's blocks as (start, stop) rows; after MOSAIC, Peng et al.
+    2026, "Composable Safety Alignment with Modular Control Tokens"): every time an example is drawn, a subset of the
+    blocks is made active for it (``sample_active_blocks``: its own block, named by its ``block`` column, and a
+    random number of the others; a retain example any number of blocks), and the virtual tokens of the other
+    blocks are masked out of its attention. Each block thus learns to work beside any set of the others, so that
+    the whole patch, or any part of it deployed alone, keeps what each block was trained for. Masked, a block keeps
+    its positions, so every subset sees the layout of the whole patch.
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None,
-                 replay_weight: float = 1.0, replay_projection: str = "none", **kwargs):
+                 replay_weight: float = 1.0, replay_projection: str = "none",
+                 blocks: list[tuple[int, int]] | None = None, seed: int = 0, **kwargs):
         if replay_projection == "agem" and distributed.active():
             raise ValueError("replay_projection agem runs in one process (its two sub-batch gradients bypass the "
                              "gradient exchange between processes); use replay_projection none with several")
@@ -530,6 +550,35 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
+        self.blocks, self._active, self._hook = list(blocks or []), None, None
+        if self.blocks:
+            if not _is_prompt_learning(self.model):
+                raise ValueError("random subsets of blocks need a soft-prompt patch; this model's adapter is not one")
+            self._draws = torch.Generator().manual_seed(seed)
+            # masks the inactive blocks' virtual tokens out of the attention of the base model's forward
+            self._hook = self.model.get_base_model().register_forward_pre_hook(self._mask_blocks, with_kwargs=True)
+
+    def release_blocks(self) -> None:
+        """Remove the attention hook of ``blocks`` from the shared base model (the end of training)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _mask_blocks(self, module, args, kwargs):
+        embeds, mask = kwargs.get("inputs_embeds"), kwargs.get("attention_mask")
+        if self._active is None or embeds is None or mask is None or mask.shape[0] != self._active.shape[0]:
+            return None  # no subset drawn (evaluation, the probe), or a forward without the patch
+        active = self._active.to(device=mask.device, dtype=mask.dtype)
+        kwargs["attention_mask"] = torch.cat([mask[:, :active.shape[1]] * active, mask[:, active.shape[1]:]], dim=1)
+        return args, kwargs
+
+    def _active_rows(self, block: torch.Tensor) -> torch.Tensor:
+        """(batch, virtual tokens): 1 where a row's drawn subset has the token's block, else 0."""
+        chosen = sample_active_blocks(block, len(self.blocks), self._draws)
+        rows = torch.zeros(block.shape[0], self.blocks[-1][1])
+        for i, (start, stop) in enumerate(self.blocks):
+            rows[:, start:stop] = chosen[:, i:i + 1].float()
+        return rows
 
     @property
     def custom_loss(self) -> bool:
@@ -542,10 +591,20 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in ("retain", "balance", "replay") if c not in self._signature_columns]
+        extra = [c for c in ("retain", "balance", "replay", "block") if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        block = inputs.pop("block", None)
+        if not self.blocks or block is None:
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._active = self._active_rows(block)
+        try:
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._active = None
+
+    def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
         if not self.custom_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -661,8 +720,8 @@ def _rows_of(batch: dict, rows: torch.Tensor) -> dict:
 
 
 class _RetainFlagCollator:
-    """Wraps TRL's collator: takes each example's ``retain`` flag and ``balance`` group out and adds them to the
-    batch as tensors."""
+    """Wraps TRL's collator: takes each example's ``retain`` flag, ``balance`` group, ``replay`` flag and (where the
+    dataset has one) ``block`` out and adds them to the batch as tensors."""
 
     def __init__(self, collate):
         self.collate = collate
@@ -671,10 +730,29 @@ class _RetainFlagCollator:
         flags = torch.tensor([bool(e.get("retain", 0)) for e in examples])
         balance = torch.tensor([int(e.get("balance", -1)) for e in examples])
         replay = torch.tensor([bool(e.get("replay", 0)) for e in examples])
-        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay")}
+        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay", "block")}
                               for e in examples])
         batch["retain"], batch["balance"], batch["replay"] = flags, balance, replay
+        if examples and "block" in examples[0]:
+            batch["block"] = torch.tensor([int(e["block"]) for e in examples])
         return batch
+
+
+def sample_active_blocks(block: torch.Tensor, n_blocks: int, generator: torch.Generator) -> torch.Tensor:
+    """For each example, which of ``n_blocks`` blocks are active: (batch, n_blocks) bool.
+
+    MOSAIC's order-based sampling: the number of active blocks k is uniform in 1..n_blocks, then the k blocks are
+    uniform among those subsets that hold the example's own block (``block[i]``; -1, a retain example: any k
+    blocks). The whole patch (k = n_blocks) is thus one draw in n_blocks, and every smaller combination is seen.
+    """
+    active = torch.zeros(block.shape[0], n_blocks, dtype=torch.bool)
+    for i, own in enumerate(block.tolist()):
+        k = int(torch.randint(1, n_blocks + 1, (1,), generator=generator))
+        order = torch.randperm(n_blocks, generator=generator).tolist()
+        if 0 <= own < n_blocks:
+            order = [own] + [b for b in order if b != own]
+        active[i, order[:k]] = True
+    return active
 
 
 def _virtual_tokens(model: PeftModel) -> int:

@@ -12,6 +12,7 @@ from compose.strategy import Strategy, check_strategy_class, options_from_config
 from strategies.concatenated import Concatenated
 from strategies.joint import Joint
 from strategies.merged import Merged
+from strategies.modular import Modular
 from strategies.sequential import Sequential, SequentialReplay
 from strategies.stacked import Stacked
 
@@ -53,5 +54,6 @@ register_strategy(Stacked)
 register_strategy(Concatenated)
 register_strategy(Merged)
 register_strategy(Joint)
+register_strategy(Modular)
 
 __all__ = ["STRATEGIES", "Strategy", "get_strategy", "register_strategy", "strategy_class"]

@@ -110,6 +110,11 @@ def test_config_settings_the_strategy_ignores_are_refused(tmp_path, capsys, monk
     refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
     (tmp_path / "c.yaml").write_text("strategy: sequential\nreplay: 0.25\n")  # a saved config: every default
     refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
+    (tmp_path / "c.yaml").write_text("strategy: joint\nactivation: all\n")  # another strategy's top-level option
+    refused(capsys, RUN + ["--config", "c.yaml"], "the config file sets 'activation', which strategy 'joint' does "
+                                                  "not use; strategies that use it: modular")
+    (tmp_path / "c.yaml").write_text("strategy: modular\nactivation: all\n")
+    refused(capsys, RUN + ["--config", "c.yaml"], "stopped before the run")
 
 
 def test_run_refuses_an_output_folder_it_did_not_create(tmp_path, capsys):

@@ -42,7 +42,7 @@ def test_every_strategy_two_risks(tiny, tmp_path, strategy):
     kinds = [r.kind for r in m.rows]
     if strategy in ("concatenated", "merged"):
         assert kinds == ["base", "specialist", "specialist", "composed"]
-    elif strategy == "joint":
+    elif strategy in ("joint", "modular"):
         assert kinds == ["base", "composed"]
     else:
         assert kinds == ["base", "stage", "stage"]

@@ -65,6 +65,28 @@ def test_joint_trains_once_on_every_risk(tiny, tmp_path, trained):
     assert seen & prompts_of(out, "toxicity") and seen & prompts_of(out, "bias")
 
 
+@pytest.mark.parametrize("activation", ["subsets", "all"])
+def test_modular_trains_a_block_per_risk_at_once(tiny, tmp_path, trained, activation):
+    """One training call on every risk; with subsets each risk example names its own risk's block and a retain
+    example none (with all, no example names one); the patch holds one block per risk, each from its risk's
+    initialisation text; the attention hook is gone afterwards."""
+    out = run(tiny, tmp_path, "modular", tokens="tox=3,bias=5", options={"--option": {"activation": activation}})
+    (call,) = trained
+    if activation == "subsets":
+        own = {"toxicity": 0, "bias": 1}
+        for risk in own:
+            data = json.loads((out / "data" / f"{risk}.json").read_text())["sft"]
+            tagged = {e["prompt"]: e["block"] for e in call["sft"] if e["prompt"] in {d["prompt"] for d in data}}
+            sources = {d["prompt"]: d.get("source") for d in data}
+            assert tagged and all(b == (own[risk] if sources[p] == "risk" else -1) for p, b in tagged.items())
+    else:
+        assert not any("block" in e for e in call["sft"])
+    final, manifest = patch_matrix(out / "patch")
+    assert final.shape[0] == 8
+    assert [(s["risk"], s["start"], s["tokens"]) for s in manifest["risks"]] == [("toxicity", 0, 3), ("bias", 3, 5)]
+    assert not tiny.model._forward_pre_hooks
+
+
 def specialists(out, risks=("toxicity", "bias")) -> list[torch.Tensor]:
     return [patch_matrix(out / "specialists" / r / "patch")[0] for r in risks]
 
@@ -85,7 +107,7 @@ def test_merged_average_is_the_weighted_mean_of_the_specialists(tiny, tmp_path, 
 
 
 def test_every_registered_strategy_is_covered_here():
-    covered = {"sequential", "sequential-replay", "joint", "concatenated", "merged", "stacked"}
+    covered = {"sequential", "sequential-replay", "joint", "concatenated", "merged", "stacked", "modular"}
     assert set(STRATEGIES) == covered, "a new strategy needs a test of its defining property (stacked: test_run.py)"
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from compose.models import load_model
-from compose.patch import attach_patch, count_parameters, get_prompt, set_prompt
-from compose.train import (Reference, TrainConfig, _rows_of, filter_pairs, make_dpo_trainer, make_sft_trainer, train_dpo,
-                           train_sft, use_dense_lm_head)
+from compose.patch import attach_patch, count_parameters, get_prompt, prompt_parameter, set_prompt
+from compose.train import (Reference, TrainConfig, _rows_of, filter_pairs, make_dpo_trainer, make_sft_trainer,
+                           sample_active_blocks, train_dpo, train_sft, use_dense_lm_head)
 
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
 PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
@@ -497,3 +497,54 @@ def test_agem_trains_and_counts_its_projected_steps(tiny, monkeypatch):
     with pytest.raises(ValueError, match="replay_projection agem runs in one process"):
         train_sft(model, tiny.tokenizer, replayed + SFT[:12], cfg)
 
+
+
+def test_subsets_of_blocks_always_hold_the_examples_own_block():
+    """MOSAIC's order-based sampling: the own block always, the number of active blocks uniform in 1..n (the
+    whole patch one draw in n), any blocks for a retain example; the same seed draws the same subsets."""
+    own = torch.tensor([0, 1, 2, -1] * 600)
+    active = sample_active_blocks(own, 3, torch.Generator().manual_seed(0))
+    risk = own >= 0
+    assert active[torch.arange(len(own))[risk], own[risk]].all()
+    sizes = active.sum(1)
+    assert set(sizes.tolist()) == {1, 2, 3}
+    for k in (1, 2, 3):
+        assert abs(float((sizes[risk] == k).float().mean()) - 1 / 3) < 0.05
+    alone = active[~risk][sizes[~risk] == 1]  # a retain example with one block: each block in turn
+    assert alone.any(0).all()
+    assert torch.equal(active, sample_active_blocks(own, 3, torch.Generator().manual_seed(0)))
+
+
+def test_an_inactive_block_is_invisible_to_the_example(tiny, tmp_path):
+    """A block outside an example's drawn subset does not change its loss or get its gradient; an active one
+    does; after training the hook is gone from the shared base model."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=6, init_text="quick brown fox")
+    examples = [{**e, "source": "risk", "block": 0} for e in SFT[:4]]
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, TrainConfig(batch_size=4), str(tmp_path),
+                               blocks=[(0, 2), (2, 6)])
+    batch = _first_batch(trainer)
+    assert batch["block"].tolist() == [0, 0, 0, 0]
+    start = get_prompt(model)
+
+    def loss_and_grad(active_second: bool, shift: float = 0.0):
+        moved = start.clone()
+        moved[2:] += shift
+        set_prompt(model, moved)
+        model.zero_grad()
+        trainer._active = torch.tensor([[1.0, 1.0] + [float(active_second)] * 4] * 4)
+        try:
+            loss = trainer._compute_loss(model, {k: v for k, v in batch.items() if k != "block"})
+        finally:
+            trainer._active = None
+        loss.backward()
+        return float(loss.detach()), prompt_parameter(model).grad.detach().clone()
+
+    masked, grad = loss_and_grad(False)
+    assert loss_and_grad(False, shift=1.0)[0] == pytest.approx(masked, abs=1e-6)
+    assert float(grad[2:].abs().max()) == 0.0 and float(grad[:2].abs().max()) > 0
+    seen, grad = loss_and_grad(True)
+    assert loss_and_grad(True, shift=1.0)[0] != pytest.approx(seen, abs=1e-3)
+    assert float(grad[2:].abs().max()) > 0
+    set_prompt(model, start)
+    trainer.release_blocks()
+    assert not model.get_base_model()._forward_pre_hooks

@@ -234,7 +234,7 @@ def check_strategy_options(name: str, file: dict, options: dict[str, dict]) -> d
     section = cls.Options.section
     defaults = RunConfig(risks=[])
     values = dict(file.get(section) or {}) if section else {k: file[k] for k in valid if k in file}
-    for setting in FLAGS.values():
+    for setting in _option_settings():
         if setting in file and file[setting] != getattr(defaults, setting) and not _uses(cls, setting):
             raise ComposeError(f"the config file sets '{setting}', which strategy '{name}' does not use; strategies "
                                f"that use it: {', '.join(_users(setting))}")
@@ -255,6 +255,15 @@ def check_strategy_options(name: str, file: dict, options: dict[str, dict]) -> d
 
 # the flags of single options, and the run setting each one's option lives in
 FLAGS = {"--replay": "replay", "--merge": "merge"}
+
+
+def _option_settings() -> list[str]:
+    """The run settings that hold some strategy's options (``replay``, ``merge``, ``activation``, ...)."""
+    settings = dict.fromkeys(FLAGS.values())
+    for c in STRATEGIES.values():
+        names = [c.Options.section] if c.Options.section else [f.name for f in option_fields(c)]
+        settings.update(dict.fromkeys(n for n in names if hasattr(RunConfig(risks=[]), n)))
+    return list(settings)
 
 
 def _uses(cls, setting: str) -> bool:
