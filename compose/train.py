@@ -531,9 +531,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     2026, "Composable Safety Alignment with Modular Control Tokens"): every time an example is drawn, a subset of the
     blocks is made active for it (``sample_active_blocks``: its own block, named by its ``block`` column, and a
     random number of the others; a retain example any number of blocks), and the virtual tokens of the other
-    blocks are masked out of its attention. Each block thus learns to work beside any set of the others, so that
-    the whole patch, or any part of it deployed alone, keeps what each block was trained for. Masked, a block keeps
-    its positions, so every subset sees the layout of the whole patch.
+    blocks are masked out of its attention. Each block thus learns to work beside any set of the others rather than
+    beside one fixed set, so that a block does not come to rely on the others to do its risk's work. Masked, a block
+    keeps its positions, so every subset sees the layout of the whole patch (the deployed patch is the whole one).
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
