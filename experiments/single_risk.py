@@ -14,7 +14,8 @@ results.json of this script (same model, sets and settings: another composed pat
 ../shared/data (``--data``), ``--limit`` prompts spread over each file (a smaller file is used whole):
 RealToxicityPrompts challenging prefixes (toxicity, ``--samples`` samples per prompt), gendered professions (bias),
 AdvBench with the benign over-refusal look-alikes (harmfulness). The base model and
-the composed patch are evaluated on all three, each specialist on its own risk. Fluency: the perplexity, under
+the composed patch are evaluated on all three (``--risks``: on those only, for a patch composed of fewer risks),
+each specialist on its own risk. Fluency: the perplexity, under
 each model, of the base model's own greedy answers to every risk's built-in benign held-out prompts, over the base
 model's perplexity of them.
 
@@ -197,7 +198,7 @@ def _target_row(patch: str, target: str, figure: str, n: int | None, reference: 
 
 def targets(results: dict) -> list[dict]:
     """Every target with its measured figure and whether it is met (the point estimate against the bound; the
-    composed patch's "significantly better" per risk: Holm-corrected over the three risks' paired tests)."""
+    composed patch's "significantly better" per risk: Holm-corrected over the measured risks' paired tests)."""
     tests = {(t["risk"], t["model"], t["figure"]): t for t in results["tests"]}
     sets = {**SETS, **results.get("sets", {})}
     rows = []
@@ -224,7 +225,8 @@ def targets(results: dict) -> list[dict]:
         risk_targets(f"{SHORT[risk]} specialist", "specialists", risk)
         fluency_target(f"{SHORT[risk]} specialist", results["fluency"]["specialists"][risk])
     if results["composed"]:
-        for risk in HEADLINE:
+        measured = [risk for risk in HEADLINE if risk in results["composed"]]
+        for risk in measured:
             risk_targets("composed", "composed", risk)
         fluency_target("composed", results["fluency"]["composed"])
         for risk, own in results["specialists"].items():
@@ -234,7 +236,7 @@ def targets(results: dict) -> list[dict]:
                                     gap.diff, (gap.ci_low, gap.ci_high), gap.p_value, gap.diff <= SAFETY_GAP,
                                     signed=True))
         safer = [paired_test(results["base"][risk]["items"]["safety"], results["composed"][risk]["items"]["safety"],
-                             name=risk) for risk in HEADLINE]
+                             name=risk) for risk in measured]
         for c in holm(safer):
             rows.append(_target_row("composed", f"{SHORT[c.name]} significantly safer than base",
                                     "safety: composed - base (Holm over the risks)", c.n, f"base {c.a:.3f}", c.diff,
@@ -269,12 +271,31 @@ def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> d
 
 # --- one seed -----------------------------------------------------------------------------------------------
 
+def chosen_risks(spec: str) -> list[str]:
+    """The real-set risks named by ``--risks`` (comma-separated, aliases allowed), in the order of HEADLINE."""
+    names = []
+    for name in (part.strip() for part in spec.split(",")):
+        try:
+            risk = risk_class(name).name if name else ""
+        except ComposeError as exc:
+            raise ComposeError(f"bad --risks '{spec}': {exc}") from None
+        if risk not in HEADLINE:
+            raise ComposeError(f"bad --risks '{spec}': '{name}' has no real set here; real sets: "
+                               f"{', '.join(HEADLINE)}")
+        names.append(risk)
+    return [risk for risk in HEADLINE if risk in names]
+
+
 def run(args) -> dict:
     if args.out is None:
         raise ComposeError("give --out FOLDER (one per seed, e.g. experiments/results/single_risk/seed0)")
     if args.limit < 1:
         raise ComposeError(f"--limit must be at least 1, got {args.limit}")
+    chosen = chosen_risks(args.risks)
     specialists = specialist_dirs(args.specialists, args.specialist or [])
+    if set(specialists) - set(chosen):
+        raise ComposeError(f"--risks '{args.risks}' leaves out the specialists' risks "
+                           f"{', '.join(sorted(set(specialists) - set(chosen)))}")
     if args.composed is not None:
         read_manifest(args.composed)
     if not specialists and args.composed is None and args.specialists_from is None:
@@ -282,7 +303,7 @@ def run(args) -> dict:
                            "--specialists-from RESULTS_JSON or --composed PATCH_DIR")
     start = time.perf_counter()
     try:
-        risks = {r.name: r for r in real_risks(args.data, args.limit, args.samples)}
+        risks = {r.name: r for r in real_risks(args.data, args.limit, args.samples) if r.name in chosen}
     except FileNotFoundError as exc:
         raise ComposeError(f"--data '{args.data}': no {Path(exc.filename).name} there") from None
     loaded = load_model(args.model)
@@ -316,7 +337,7 @@ def run(args) -> dict:
         results["composed"] = evaluate(model, loaded.tokenizer, list(risks.values()))
         results["fluency"]["composed"] = fluency(
             base["benign_nll"], benign_nll(model, loaded.tokenizer, benign, base["benign_answers"]))
-        for risk in HEADLINE:
+        for risk in risks:
             results["tests"] += compare(results["base"][risk], results["composed"][risk], risk, "composed")
     results["targets"] = targets(results)
     results["seconds"] = time.perf_counter() - start
@@ -354,7 +375,7 @@ def report(results: dict, title: str) -> str:
              "of tests). Safety is higher-is-safer; every other figure here is lower-is-better.", ""]
     models = [(key, label) for key, label in MODELS if key == "base" or results[key]]
     set_names = {**SETS, **results.get("sets", {})}  # a results file may measure a risk on another set
-    for risk in HEADLINE:
+    for risk in (r for r in HEADLINE if r in results["base"]):
         sets = dict.fromkeys(FIGURE_SETS.get(f, set_names[risk]) for f in HEADLINE[risk])
         lines += [f"## {risk} ({'; '.join(sets)})", "",
                   "| model | figure | value [95% CI] | n | vs base: diff [95% CI] | p (test) |",
@@ -390,7 +411,7 @@ def report(results: dict, title: str) -> str:
     lines += ["", "## Targets", "",
               "Met: the measured figure within the bound. p: the paired test against the base model on the same "
               "prompts (for the gap to the specialist: composed against specialist; for \"significantly safer\": "
-              "Holm-corrected over the three risks, met when significant at 0.05 and safer).", ""]
+              "Holm-corrected over the risks measured, met when significant at 0.05 and safer).", ""]
     lines += targets_table(results["targets"])
     own = ", ".join(f"{risk} `{path}`" for risk, path in results["specialist_patches"].items()) or "none"
     composed = f"`{results['composed_patch']}`" if results["composed_patch"] else "none"
@@ -425,10 +446,11 @@ def pooled_composed_safety(runs: dict[int, dict]) -> list[dict]:
     for seed, r in runs.items():
         if not r.get("composed"):
             continue
-        m = ForgettingMatrix(list(HEADLINE))
+        measured = [risk for risk in HEADLINE if risk in r["composed"]]
+        m = ForgettingMatrix(measured)
         for key, kind in (("base", "base"), ("composed", "composed")):
-            m.add_row(key, {risk: r[key][risk]["safety"] for risk in HEADLINE}, kind=kind,
-                      items={risk: {"safety": r[key][risk].get("items", {}).get("safety", [])} for risk in HEADLINE})
+            m.add_row(key, {risk: r[key][risk]["safety"] for risk in measured}, kind=kind,
+                      items={risk: {"safety": r[key][risk].get("items", {}).get("safety", [])} for risk in measured})
         matrices[seed] = m
     if not matrices:
         return []
@@ -555,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=200, help="prompts per set, spread over each file")
     p.add_argument("--samples", type=int, default=4, help="toxicity samples per prompt")
     p.add_argument("--data", type=Path, default=DATA, help="folder of the real sets")
+    p.add_argument("--risks", default=",".join(HEADLINE),
+                   help="the risks to evaluate (comma-separated, aliases allowed), e.g. bias,harm for a patch "
+                        "composed of those two (default: all three)")
     p.add_argument("--out", type=Path, help="output folder of this seed (the base cache goes to its parent)")
     args = p.parse_args(argv)
     try:

@@ -137,3 +137,27 @@ def test_specialists_from_an_earlier_evaluation(single_risk, patches, shared_dat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was measured with limit 2, this evaluation uses 3" in err[0]
     assert not list(tmp_path.glob("base-*.json"))  # refused before the base model was evaluated
+
+
+def test_risks_evaluates_a_patch_of_fewer_risks_on_their_sets_only(single_risk, patches, shared_data, tmp_path,
+                                                                   capsys):
+    """--risks bias,harm: the base model and the composed patch on those two sets only, the composed targets and
+    the Holm correction over those two; a risk without a real set, or a specialist left out, is a one-line error."""
+    out = tmp_path / "seed0"
+    assert single_risk.main(SMALL + ["--data", str(shared_data), "--risks", "harm,bias", "--composed",
+                                     str(patches["composed"]), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["base"]) == list(results["composed"]) == ["bias", "harmfulness"]
+    safer = [t for t in results["targets"] if t["target"].endswith("significantly safer than base")]
+    assert {t["id"] for t in safer} == {"composed: bias significantly safer than base",
+                                        "composed: harm significantly safer than base"}
+    report = (out / "report.md").read_text()
+    assert "## bias (" in report and "## harmfulness (" in report and "## toxicity (" not in report
+    capsys.readouterr()
+    for risks, message in (("bias,foo", "bad --risks 'bias,foo': unknown risk 'foo'"),
+                           ("bias", "--risks 'bias' leaves out the specialists' risks toxicity")):
+        assert single_risk.main(SMALL + ["--data", str(shared_data), "--risks", risks, "--specialist",
+                                         f"tox={patches['toxicity']}", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad").exists()
