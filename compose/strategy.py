@@ -110,11 +110,10 @@ class Strategy:
             plan = self.plan(ctx, index, name, previous)
             stage = ctx.stage(index + 1, plan.name)
             if not stage.restore(plan.model, kind=plan.kind, trained=plan.trained):
-                sft = [e for r in plan.risks for e in ctx.data(r).sft]
-                if plan.subsets is not None:  # each risk example names its own block; a retain example none
-                    own = {s.risk: i for i, s in enumerate(plan.subsets)}
-                    sft = [{**e, "block": own[r] if e.get("source") == "risk" else -1}
-                           for r in plan.risks for e in ctx.data(r).sft]
+                # with subsets, each risk example names its own block (a retain example none: -1)
+                own = {s.risk: i for i, s in enumerate(plan.subsets or [])}
+                sft = [{**e, "block": own[r] if e.get("source") == "risk" else -1} if own else e
+                       for r in plan.risks for e in ctx.data(r).sft]
                 pairs = [p for r in plan.risks for p in ctx.data(r).pairs]
                 sft, pairs = replay.mix(index, sft, pairs)
                 training = ctx.train(plan.model, sft, pairs, reference=plan.reference, frozen_rows=plan.frozen_rows,
