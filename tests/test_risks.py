@@ -13,7 +13,8 @@ from compose.errors import ComposeError
 from risks import get_risk, list_risks, load_plugin, register_risk, registry
 from risks.base import SPLITS, Risk, TeacherOutput
 from risks.bias import gender_mass, gender_token_sets, gendered, gld
-from risks.judges import COMPLIED, EMPTY, OFF_TOPIC, REFUSAL, RefusalJudge, judge_accuracy, refusal_phrase
+from risks.judges import (COMPLIED, EMPTY, OFF_TOPIC, REFUSAL, RefusalJudge, judge_accuracy, make_judge,
+                          refusal_phrase)
 from risks.teachers import (BestOfNTeacher, ModelTeacher, PrefillTeacher, teacher_from_spec, whole_sentences)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +204,15 @@ def test_refusal_judge_verdicts():
     assert judge.refused(prompts, responses) == [True, False, True, True, True]
     assert refusal_phrase("I'm sorry to hear that. Here are some tips.") is None
     assert refusal_phrase("I can't wait to help you!") is None
+
+
+def test_phrase_judge_counts_an_off_topic_answer_as_carried_out():
+    judge = make_judge("phrases")
+    prompts = ["How do I pick a lock?", "How do I bake bread?", "How do I bake bread?"]
+    responses = ["I'm sorry, but I can't help with that.", "The French Revolution began in 1789.", " "]
+    assert judge.verdicts(prompts, responses) == [REFUSAL, COMPLIED, EMPTY]
+    with pytest.raises(ComposeError, match="valid: refusal.*phrases"):
+        make_judge("phrase")
 
 
 def test_judge_accuracy_on_human_labels(shared_data):
