@@ -125,6 +125,7 @@ class RunContext:
         self._last_mark = now
         release_memory()
         self.memory[phase] = round(peak_rss_mb(), 1)
+        log.debug(f"{phase}: {self.phases[phase]} s")
 
     # -- risks and data ----------------------------------------------------------------------------------
     def risk(self, name: str):

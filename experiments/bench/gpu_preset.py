@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,8 @@ def main() -> int:
     p.add_argument("--opt", action="append", default=[], help="RISK:KEY=VALUE, as compose run --opt")
     p.add_argument("--out", default="runs/gpu-preset")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("compose.run").setLevel(logging.DEBUG)  # each phase's seconds as it ends
     device = "cuda" if torch.cuda.is_available() else "cpu"
     risks = args.risks.split(",")
     if args.model:
