@@ -63,6 +63,30 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def use_gpu() -> bool:
+    """Whether this process computes on a GPU: ``$COMPOSE_DEVICE`` (``auto``, the default: where there is one;
+    ``cpu``; ``cuda``: a GPU or an error). A launched process takes the GPU of its ``LOCAL_RANK``, so a machine
+    needs a GPU for every process it runs."""
+    import torch
+
+    want = os.environ.get("COMPOSE_DEVICE", "auto").strip().lower() or "auto"
+    if want not in DEVICES:
+        raise ComposeError(f"unknown COMPOSE_DEVICE '{want}'; valid: {', '.join(DEVICES)}")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return False
+    if not torch.cuda.is_available():
+        raise ComposeError("COMPOSE_DEVICE=cuda, but torch sees no GPU here; valid here: auto, cpu")
+    gpus = torch.cuda.device_count()
+    if launched() and local_rank() >= gpus:
+        raise ComposeError(f"process {local_rank()} of this machine has no GPU of its own ({gpus} here): launch "
+                           f"at most {gpus} process(es) per machine (--nproc_per_node {gpus}), or set "
+                           f"COMPOSE_DEVICE=cpu to run them all on the CPU")
+    return True
+
+
 def is_main() -> bool:
     """True in the process that writes files and prints (rank 0; the only one without a launcher)."""
     return rank() == 0
@@ -80,7 +104,7 @@ def start() -> None:
         raise ComposeError("launched as several processes, but this torch has no torch.distributed; run one "
                            "process (without torchrun / accelerate launch)")
     backend = "gloo"
-    if torch.cuda.is_available():
+    if use_gpu():
         torch.cuda.set_device(local_rank())
         backend = "nccl"
     dist.init_process_group(backend=backend, timeout=timedelta(hours=2))  # a long stage on one rank: not a hang

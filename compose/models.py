@@ -90,8 +90,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> tor
 
 def default_device() -> str:
     """The GPU where there is one (a process of several launched together: the GPU of its ``LOCAL_RANK``), else
-    the CPU."""
-    if not torch.cuda.is_available():
+    the CPU; ``COMPOSE_DEVICE=cpu`` keeps a GPU machine's work on its CPU (``distributed.use_gpu``)."""
+    if not distributed.use_gpu():
         return "cpu"
     return f"cuda:{distributed.local_rank()}" if distributed.launched() else "cuda"
 

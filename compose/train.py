@@ -152,7 +152,7 @@ def chat(prompt: str) -> list[dict]:
 def _training_args(cls, cfg: TrainConfig, epochs: float, lr: float, output_dir: str, **extra):
     """TRL's settings of one stage. ``cfg.batch_size`` is the global batch: across several processes (DDP through
     Accelerate) each takes its share of every batch."""
-    use_cpu = not torch.cuda.is_available()
+    use_cpu = not distributed.use_gpu()
     return cls(
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, max_steps=cfg.max_steps,
         per_device_train_batch_size=distributed.per_process_batch(cfg.batch_size), gradient_accumulation_steps=1,
@@ -352,7 +352,7 @@ def make_dpo_trainer(model: PeftModel, tokenizer, pairs: list[dict], cfg: TrainC
 
 def _dense_head() -> bool:
     """Dense LM head on CPU (see ``use_dense_lm_head``); TRL's tiled kernel where Triton runs it."""
-    return not torch.cuda.is_available() and os.environ.get("COMPOSE_TRL_LM_HEAD") != "1"
+    return not distributed.use_gpu() and os.environ.get("COMPOSE_TRL_LM_HEAD") != "1"
 
 
 def use_dense_lm_head(model: PeftModel, outputs: tuple[str, ...]) -> None:

@@ -1,9 +1,15 @@
 """Shared test fixtures: the tiny random model (offline, deterministic) and the real benchmark data folder."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+# The suite is the CPU's contract (CI has no GPU): its unit tests build their inputs on the CPU, so on a GPU
+# machine every model of the suite, and every run it launches, stays on the CPU as well. The GPU check is
+# experiments/bench/gpu_preset.py.
+os.environ["COMPOSE_DEVICE"] = "cpu"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # ../shared/data from the repo root

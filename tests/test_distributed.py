@@ -269,3 +269,27 @@ def test_in_one_process_the_helpers_do_nothing():
 
 if __name__ == "__main__":  # one of the processes of test_an_uneven_last_step_trains_as_in_one_process
     train_uneven(Path(sys.argv[1]))
+
+
+def test_the_device_follows_compose_device_and_a_process_without_a_gpu_is_refused(monkeypatch):
+    """COMPOSE_DEVICE=cpu keeps a GPU machine's work on its CPU; a launched process whose LOCAL_RANK has no GPU
+    (more processes than GPUs) is a one-line error naming the way out, not a CUDA 'invalid device ordinal'."""
+    from compose.models import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("COMPOSE_DEVICE", "cpu")
+    assert not distributed.use_gpu() and default_device() == "cpu"
+    monkeypatch.setenv("COMPOSE_DEVICE", "auto")
+    assert default_device() == "cuda"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ComposeError, match=r"no GPU of its own \(1 here\).*--nproc_per_node 1.*COMPOSE_DEVICE=cpu"):
+        default_device()
+    monkeypatch.setenv("COMPOSE_DEVICE", "tpu")
+    with pytest.raises(ComposeError, match="unknown COMPOSE_DEVICE 'tpu'; valid: auto, cpu, cuda"):
+        default_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("COMPOSE_DEVICE", "cuda")
+    with pytest.raises(ComposeError, match="torch sees no GPU"):
+        default_device()

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from compose.cli.config import resolve, parse_option_args  # noqa: E402
 from compose.cli.run import execute  # noqa: E402
-from compose.models import CHAT_TEMPLATE, LoadedModel, contiguous_head_input, load_model, model_fingerprint  # noqa: E402
+from compose.models import (CHAT_TEMPLATE, LoadedModel, contiguous_head_input, default_device, load_model,  # noqa: E402
+                            model_fingerprint)
 from risks import get_risk  # noqa: E402
 
 SHAPES = {  # Llama-2-7B (the published papers' model class)
@@ -103,7 +104,7 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("compose.run").setLevel(logging.DEBUG)  # each phase's seconds as it ends
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     risks = args.risks.split(",")
     if args.model:
         loaded = load_model(args.model, device=device)
@@ -114,19 +115,19 @@ def main() -> int:
     if args.opt:
         flags["risk_options"] = parse_option_args(args.opt)
     cfg = resolve({}, options={}, **flags)
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     results = execute(cfg, Path(args.out), loaded=loaded, force=True)
     wall = time.perf_counter() - start
     params = sum(p.numel() for p in loaded.model.parameters())
     report = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "model": loaded.name, "model_parameters": params,
         "build_or_load_seconds": round(loaded.load_seconds, 1), "risks": cfg.risks, "strategy": cfg.strategy,
         "preset": cfg.preset, "tokens": cfg.tokens, "parameters": results["parameters"], "wall_seconds": round(wall, 1),
         "phases": results.get("phases"),
-        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device == "cuda" else None,
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.startswith("cuda") else None,
         "matmul_tflops": results["matmul_tflops"], "summary": results["summary"],
     }
     out = Path(args.out) / "gpu_preset.json"
