@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from compose.cli.config import resolve, parse_option_args  # noqa: E402
 from compose.cli.run import execute  # noqa: E402
-from compose.models import (CHAT_TEMPLATE, LoadedModel, contiguous_head_input, default_device, load_model,  # noqa: E402
-                            model_fingerprint)
+from compose.models import (LoadedModel, contiguous_head_input, default_device, load_model, model_fingerprint,  # noqa: E402
+                            train_tokenizer)
 from risks import get_risk  # noqa: E402
+from risks.base import SPLITS  # noqa: E402
 
 SHAPES = {  # Llama-2-7B (the published papers' model class)
     "llama-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -50,30 +51,17 @@ def prompt_corpus(risks: list[str]) -> list[str]:
     texts = []
     for name in risks:
         risk = get_risk(name)
-        for split in ("train", "eval"):
-            try:
-                texts += risk.prompts(split, 100_000)
-            except Exception:  # a split a risk does not have
-                pass
+        for split in SPLITS:
+            texts += risk.prompts(split, 100_000)
     return texts
 
 
 def random_model(shape: str, risks: list[str], device: str) -> LoadedModel:
     """A random network of ``shape`` in bf16 on ``device`` with a BPE tokenizer trained on the risks' prompts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     start = time.perf_counter()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=SHAPES[shape]["vocab_size"], special_tokens=specials,
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(prompt_corpus(risks), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = train_tokenizer(prompt_corpus(risks), SHAPES[shape]["vocab_size"])
     config = LlamaConfig(**SHAPES[shape], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     config.name_or_path = f"{shape}-random"
