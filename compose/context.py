@@ -207,6 +207,9 @@ class RunContext:
             # examples of a risk that is not in this run: that is silent)
             log.warning(f"{desc}: balance_weight={self.cfg.train.balance_weight:g} has no effect: no risk of this "
                         f"run names token sets to balance (the bias risk does)")
+        if config.block_gradients == "own" and not subsets:
+            log.warning(f"{desc}: block_gradients=own has no effect: this stage does not train random subsets of "
+                        f"blocks (strategy modular with activation subsets does)")
         blocks = [(b.start, b.start + b.tokens) for b in subsets] if subsets else None
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
                       probe=watchers, balance_groups=groups, blocks=blocks)

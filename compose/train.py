@@ -72,6 +72,11 @@ class TrainConfig:
                 "itself: positions leaning one way can cancel positions leaning the other) or position "
                 "(sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t)), an upper bound of the answer's gap that no "
                 "cancellation lowers: every position is pulled towards equal mass)"})
+    block_gradients: str = field(default="active", metadata={
+        "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
+                "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
+                "still, so one risk's objective never moves another risk's block; a retain example trains every "
+                "active block)"})
     probe_examples: int = field(default=8, metadata={"help": "risk and retain examples (each) held back from training "
                                                              "to watch the decision (DecisionProbe) after every SFT "
                                                              "epoch; 0: none"})
@@ -96,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if self.balance_loss not in ("answer", "position"):
             raise ValueError(f"balance_loss must be 'answer' or 'position', got {self.balance_loss!r}")
+        if self.block_gradients not in ("active", "own"):
+            raise ValueError(f"block_gradients must be 'active' or 'own', got {self.block_gradients!r}")
         if self.dpo_reference not in ("sft", "base"):
             raise ValueError(f"dpo_reference must be 'sft' or 'base', got {self.dpo_reference!r}")
 
@@ -329,7 +336,8 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               balance_loss=cfg.balance_loss,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
-                              replay_projection=cfg.replay_projection, blocks=blocks, seed=cfg.seed)
+                              replay_projection=cfg.replay_projection, blocks=blocks,
+                              own_gradients=cfg.block_gradients == "own", seed=cfg.seed)
     if _dense_head():
         use_dense_lm_head(model, ("log_probs", "entropy", "is_top1"))
     return trainer
@@ -534,12 +542,17 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     blocks are masked out of its attention. Each block thus learns to work beside any set of the others rather than
     beside one fixed set, so that a block does not come to rely on the others to do its risk's work. Masked, a block
     keeps its positions, so every subset sees the layout of the whole patch (the deployed patch is the whole one).
+    ``own_gradients``: a risk example's loss trains its own block alone; the other active blocks take part in the
+    forward pass with their gradient stopped (their embeddings enter as ``x - (x - x.detach())``: the same values,
+    no gradient), so one risk's objective (the bias examples' equalizing loss, say) never moves another risk's
+    block. A retain example still trains every block it has active.
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
-                 blocks: list[tuple[int, int]] | None = None, seed: int = 0, **kwargs):
+                 blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
+                 **kwargs):
         if replay_projection == "agem" and distributed.active():
             raise ValueError("replay_projection agem runs in one process (its two sub-batch gradients bypass the "
                              "gradient exchange between processes); use replay_projection none with several")
@@ -551,6 +564,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
         self.blocks, self._active, self._hook = list(blocks or []), None, None
+        self.own_gradients, self._held = own_gradients, None
         if self.blocks:
             if not _is_prompt_learning(self.model):
                 raise ValueError("random subsets of blocks need a soft-prompt patch; this model's adapter is not one")
@@ -570,6 +584,11 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             return None  # no subset drawn (evaluation, the probe), or a forward without the patch
         active = self._active.to(device=mask.device, dtype=mask.dtype)
         kwargs["attention_mask"] = torch.cat([mask[:, :active.shape[1]] * active, mask[:, active.shape[1]:]], dim=1)
+        if self._held is not None:  # the other risks' blocks: same values, no gradient
+            held = self._held.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(-1)
+            head = embeds[:, :held.shape[1]]
+            kwargs["inputs_embeds"] = torch.cat([head - held * (head - head.detach()), embeds[:, held.shape[1]:]],
+                                                dim=1)
         return args, kwargs
 
     def _active_rows(self, block: torch.Tensor) -> torch.Tensor:
@@ -578,6 +597,16 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         rows = torch.zeros(block.shape[0], self.blocks[-1][1])
         for i, (start, stop) in enumerate(self.blocks):
             rows[:, start:stop] = chosen[:, i:i + 1].float()
+        return rows
+
+    def _others_rows(self, block: torch.Tensor) -> torch.Tensor:
+        """(batch, virtual tokens): 1 on the tokens of the blocks that are not a risk example's own, else 0 (a
+        retain example, ``block`` -1: 0 everywhere)."""
+        rows = torch.zeros(block.shape[0], self.blocks[-1][1])
+        for i, own in enumerate(block.tolist()):
+            if own >= 0:
+                rows[i] = 1.0
+                rows[i, self.blocks[own][0]:self.blocks[own][1]] = 0.0
         return rows
 
     @property
@@ -599,10 +628,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         if not self.blocks or block is None:
             return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
         self._active = self._active_rows(block)
+        if self.own_gradients:
+            self._held = self._others_rows(block)
         try:
             return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
-            self._active = None
+            self._active = self._held = None
 
     def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")

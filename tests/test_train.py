@@ -548,3 +548,36 @@ def test_an_inactive_block_is_invisible_to_the_example(tiny, tmp_path):
     set_prompt(model, start)
     trainer.release_blocks()
     assert not model.get_base_model()._forward_pre_hooks
+
+
+def test_own_block_gradients_hold_the_other_active_blocks_still(tiny, tmp_path):
+    """block_gradients own: a risk example's loss is that of every active block (the same value), but only its
+    own block gets a gradient; a retain example (block -1) trains every active block. Off, both blocks learn."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=6, init_text="quick brown fox")
+    examples = [{**e, "source": "risk", "block": 1} for e in SFT[:4]]
+
+    def loss_and_grad(gradients: str, own: int):
+        trainer = make_sft_trainer(model, tiny.tokenizer, examples, TrainConfig(batch_size=4, block_gradients=gradients),
+                                   str(tmp_path / gradients), blocks=[(0, 2), (2, 6)])
+        batch = _first_batch(trainer)
+        block = torch.full_like(batch.pop("block"), own)
+        model.zero_grad()
+        trainer._active = torch.ones(4, 6)  # every block active
+        trainer._held = trainer._others_rows(block) if trainer.own_gradients else None
+        try:
+            loss = trainer._compute_loss(model, batch)
+        finally:
+            trainer._active = trainer._held = None
+            trainer.release_blocks()
+        loss.backward()
+        return float(loss.detach()), prompt_parameter(model).grad.detach().clone()
+
+    both, grad_both = loss_and_grad("active", own=1)
+    own, grad_own = loss_and_grad("own", own=1)
+    assert own == pytest.approx(both, rel=1e-6)
+    assert float(grad_own[:2].abs().max()) == 0.0 and torch.allclose(grad_own[2:], grad_both[2:], atol=1e-6)
+    assert float(grad_both[:2].abs().max()) > 0
+    _, grad_retain = loss_and_grad("own", own=-1)
+    assert float(grad_retain[:2].abs().max()) > 0 and float(grad_retain[2:].abs().max()) > 0
+    with pytest.raises(ValueError, match="block_gradients must be 'active' or 'own'"):
+        TrainConfig(block_gradients="mine")
