@@ -300,7 +300,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       f"their options are listed below")
     add_model_arguments(p)
     p.set_defaults(model=None, dtype=None)
-    p.add_argument("--preset", help="smoke (seconds), quick (default, ~22 min on 2 CPU cores, 200 eval prompts per risk), paper (GPU)")
+    p.add_argument("--preset", help="smoke (seconds), quick (default, 200 eval prompts per risk: ~22 min on 2 CPU cores "
+                   "with AMX, about an hour on 2 AVX2-only cores), paper (the published settings, for a GPU)")
     p.add_argument("--tokens", help="virtual tokens per risk, e.g. tox=20,bias=20,harm=10, or one number for all")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the strategy, e.g. replay=0.5 or method=ties (repeatable; listed below)")
