@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from compose.cli.config import resolve, parse_option_args  # noqa: E402
 from compose.cli.run import execute  # noqa: E402
+from compose.io import atomic_write_json  # noqa: E402
 from compose.models import (LoadedModel, contiguous_head_input, default_device, load_model, model_fingerprint,  # noqa: E402
                             train_tokenizer)
 from risks import get_risk  # noqa: E402
@@ -108,10 +109,9 @@ def main() -> int:
     start = time.perf_counter()
     results = execute(cfg, Path(args.out), loaded=loaded, force=True)
     wall = time.perf_counter() - start
-    params = sum(p.numel() for p in loaded.model.parameters())
     report = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "model": loaded.name, "model_parameters": params,
+        "torch": torch.__version__, "model": loaded.name, "model_parameters": results["parameters"]["base"],
         "build_or_load_seconds": round(loaded.load_seconds, 1), "risks": cfg.risks, "strategy": cfg.strategy,
         "preset": cfg.preset, "tokens": cfg.tokens, "parameters": results["parameters"], "wall_seconds": round(wall, 1),
         "phases": results.get("phases"),
@@ -119,7 +119,7 @@ def main() -> int:
         "matmul_tflops": results["matmul_tflops"], "summary": results["summary"],
     }
     out = Path(args.out) / "gpu_preset.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(out, report)
     print(json.dumps(report, indent=1))
     print(f"wrote {out}")
     return 0
