@@ -29,6 +29,10 @@ from compose.patch import freeze_rows, get_prompt, prompt_parameter
 log = logging.getLogger(__name__)
 
 
+# what the equalizing loss measures (TrainConfig.balance_loss)
+BALANCE_LOSSES = ("answer", "position", "counterfactual")
+
+
 @dataclass
 class TrainConfig:
     """Settings of both training stages (the published recipe: ~10 SFT epochs at lr 3e-3, then DPO)."""
@@ -69,9 +73,12 @@ class TrainConfig:
                 "token of that answer; 0: off"})
     balance_loss: str = field(default="answer", metadata={
         "help": "what the equalizing loss measures: answer (the answer's gap |P_a - P_b| / (P_a + P_b), the metric "
-                "itself: positions leaning one way can cancel positions leaning the other) or position "
+                "itself: positions leaning one way can cancel positions leaning the other), position "
                 "(sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t)), an upper bound of the answer's gap that no "
-                "cancellation lowers: every position is pulled towards equal mass)"})
+                "cancellation lowers: every position is pulled towards equal mass) or counterfactual (at every "
+                "position, KL from the unpatched model's next-token distribution with the two sets' mass made "
+                "equal: the balance is learned while every other token keeps the unpatched model's probability, "
+                "so the patch gains nothing by leaving the kind of answer the model gives)"})
     block_gradients: str = field(default="active", metadata={
         "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
                 "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
@@ -99,8 +106,8 @@ class TrainConfig:
                              f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
-        if self.balance_loss not in ("answer", "position"):
-            raise ValueError(f"balance_loss must be 'answer' or 'position', got {self.balance_loss!r}")
+        if self.balance_loss not in BALANCE_LOSSES:
+            raise ValueError(f"balance_loss must be one of {', '.join(BALANCE_LOSSES)}, got {self.balance_loss!r}")
         if self.block_gradients not in ("active", "own"):
             raise ValueError(f"block_gradients must be 'active' or 'own', got {self.block_gradients!r}")
         if self.dpo_reference not in ("sft", "base"):
@@ -520,6 +527,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     With ``balance_loss="position"`` the gap is sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t)) instead: by the
     triangle inequality at least the answer's gap, and not lowered by positions that lean one way cancelling
     positions that lean the other (a cancellation that holds on the teacher's answer, not on the patch's own).
+    With ``balance_loss="counterfactual"`` each scored token of such an answer carries ``balance_weight`` times
+    KL(q' || p_patched) instead, q' being the unpatched model's next-token distribution q at that position with the
+    two sets' mass made equal (``balanced_distribution``: each set's tokens rescaled to (q_a + q_b) / 2 together,
+    every other token as in q), in the manner of MOSAIC's counterfactual KL: the gap alone is lowest where an answer
+    tells nothing that a gendered word could follow, which the patch learned to give (the bias risk's ``evasive``);
+    the counterfactual target asks for the balance and for the unpatched model's distribution everywhere else.
 
     Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
@@ -697,9 +710,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         is_retain = retain.to(ids.device).bool()[rows]
-        if self.retain_objective == "kl" and bool(is_retain.any()):
+        counterfactual = self.balances and balance is not None and self.balance_loss == "counterfactual"
+        base = None
+        if (self.retain_objective == "kl" and bool(is_retain.any())) or counterfactual:
             with torch.no_grad(), inner.disable_adapter():
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
+        if self.retain_objective == "kl" and bool(is_retain.any()):
             per_token = torch.where(is_retain, _kl(base, logp), per_token)
         if replay is not None and bool(replay.any()) and (self.replay_reference is not None or self.replay_weight != 1):
             with_replay = replay.to(ids.device).bool()
@@ -711,7 +727,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                                               keep[with_replay])
                 loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
-        if self.balances and balance is not None:
+        if counterfactual:
+            per_token = per_token + self.balance_weight * self.balanced_kl(base, logp, rows, balance.to(ids.device))
+        elif self.balances and balance is not None:
             per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
                                                                            ids.shape[0])
         return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
@@ -737,6 +755,32 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 per_row = (p_a - p_b).abs() / (p_a + p_b).clamp(min=1e-12)
             gap = torch.where(sel, per_row[rows], gap)
         return gap
+
+
+    def balanced_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor,
+                    balance: torch.Tensor) -> torch.Tensor:
+        """Per scored token, KL(q' || p) between the unpatched model's distribution ``base`` with its answer's
+        group's two sets balanced (``balanced_distribution``) and the patched one ``logp`` (0 for the answers of no
+        group)."""
+        out = logp.new_zeros(logp.shape[0])
+        group = balance[rows]
+        for i, (a, b) in enumerate(self.balance_groups):
+            sel = group == i
+            if bool(sel.any()):
+                out = out.masked_scatter(sel, _kl(balanced_distribution(base[sel], a, b), logp[sel]))
+        return out
+
+
+def balanced_distribution(logq: torch.Tensor, a: list[int], b: list[int]) -> torch.Tensor:
+    """Log-probabilities ``logq`` (rows over the vocabulary) with the mass of token sets ``a`` and ``b`` made equal:
+    each set's tokens are rescaled together to (q_a + q_b) / 2, keeping their proportions within the set and every
+    other token's probability, so each row still sums to 1. The sets must not share a token."""
+    log_a, log_b = logq[:, a].logsumexp(-1), logq[:, b].logsumexp(-1)
+    half = torch.logaddexp(log_a, log_b) - math.log(2.0)
+    out = logq.clone()
+    out[:, a] += (half - log_a).unsqueeze(-1)
+    out[:, b] += (half - log_b).unsqueeze(-1)
+    return out
 
 
 def _rows_of(batch: dict, rows: torch.Tensor) -> dict:

@@ -7,7 +7,7 @@ import torch
 
 from compose.models import load_model
 from compose.patch import attach_patch, count_parameters, get_prompt, prompt_parameter, set_prompt
-from compose.train import (Reference, TrainConfig, _rows_of, filter_pairs, make_dpo_trainer, make_sft_trainer,
+from compose.train import (Reference, TrainConfig, _rows_of, balanced_distribution, filter_pairs, make_dpo_trainer, make_sft_trainer,
                            sample_active_blocks, train_dpo, train_sft, use_dense_lm_head)
 
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
@@ -409,6 +409,54 @@ def test_the_equalizing_loss_adds_each_answers_gap_to_its_tokens(tiny, tmp_path,
     assert (above > 0) == (balance_loss == "position")
 
 
+def test_a_balanced_distribution_moves_only_the_two_sets_mass():
+    """balanced_distribution: the two sets end with equal mass, together what they had; within each set and outside
+    both the proportions are kept; each row still sums to 1."""
+    logq = torch.log_softmax(torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    a, b = GROUP
+    out = balanced_distribution(logq, *GROUP)
+    q, r = logq.exp(), out.exp()
+    assert torch.allclose(r.sum(-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(r[:, a].sum(-1), r[:, b].sum(-1), atol=1e-6)
+    assert torch.allclose(r[:, a].sum(-1) + r[:, b].sum(-1), q[:, a].sum(-1) + q[:, b].sum(-1), atol=1e-6)
+    rest = [i for i in range(64) if i not in a + b]
+    assert torch.equal(out[:, rest], logq[:, rest])
+    for s in (a, b):
+        assert torch.allclose(r[:, s] / r[:, s].sum(-1, keepdim=True), q[:, s] / q[:, s].sum(-1, keepdim=True))
+
+
+def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_model(tiny, tmp_path):
+    """balance_loss counterfactual, weight w: each token of a flagged answer carries w x KL(q' || p), q' the
+    unpatched model's distribution there with the two sets balanced, p the patched one (both from plain forward
+    passes); answers of no group and retain answers are untouched."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="counterfactual")
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
+    batch = _first_batch(trainer)
+    retain, balance = batch.pop("retain"), batch.pop("balance")
+    trainer.balance_weight = 0.0
+    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
+    trainer.balance_weight = 2.0
+    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    for i in range(len(retain)):
+        added = (with_kl - ce)[rows == i]
+        if balance[i] < 0:
+            assert torch.allclose(added, torch.zeros_like(added))
+            continue
+        real = batch["attention_mask"][i].bool()
+        ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
+        at = (labels[1:] != -100).nonzero().squeeze(-1)
+        with torch.no_grad():
+            patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+            base = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)[at]
+        target = balanced_distribution(base, *GROUP)
+        expected = (target.exp() * (target - patched)).sum(-1)
+        assert bool((expected > 0).all())
+        assert torch.allclose(added, 2.0 * expected, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("balance_loss", ["answer", "position"])
 def test_the_equalizing_loss_balances_the_two_sets(tiny, balance_loss):
     """Trained with it (either form), the answers' gap between the two sets shrinks; without it, on the same data,
@@ -428,6 +476,33 @@ def test_the_equalizing_loss_balances_the_two_sets(tiny, balance_loss):
         train_sft(model, tiny.tokenizer, examples, cfg, balance_groups=[GROUP])
         after[weight] = gap(model)
     assert after[5.0] < 0.5 * before and after[5.0] < after[0.0]
+
+
+def test_the_counterfactual_equalizing_loss_balances_the_two_sets(tiny):
+    """balance_loss counterfactual: trained with it, the answers' gap between two sets shrinks where the unpatched
+    model puts real mass on them (its KL's pull on the balance grows with the sets' mass: the tiny model's mass on
+    GROUP, ~1e-4 per position, is too little to tell, so the sets here are the tokens the unpatched model finds most
+    probable along the answers, outside the answers' own tokens); without it the gap grows as the answer is learnt."""
+    examples = [{**e, "balance": 0} for e in SFT[:8]]
+    sequences = _sequences(tiny.tokenizer, examples)
+    answer = set(sequences[0][0][sequences[0][1] != -100].tolist())
+    with torch.no_grad():
+        mass = sum(torch.softmax(tiny.model(input_ids=ids.unsqueeze(0)).logits[0].float(), -1)[
+            (labels[1:] != -100).nonzero().squeeze(-1)].sum(0) for ids, labels in sequences)
+    top = [t for t in mass.argsort(descending=True).tolist() if t not in answer][:6]
+    group = (top[0::2], top[1::2])
+
+    def gap(model):
+        return sum(_gap_by_definition(model, ids, labels, *group) for ids, labels in sequences) / len(sequences)
+
+    after = {}
+    for weight in (0.0, 5.0):
+        model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+        cfg = TrainConfig(sft_epochs=6, batch_size=8, sft_lr=3e-2, balance_weight=weight,
+                          balance_loss="counterfactual", probe_examples=0)
+        train_sft(model, tiny.tokenizer, examples, cfg, balance_groups=[group])
+        after[weight] = gap(model)
+    assert after[5.0] < 0.5 * after[0.0]
 
 
 def _patch_grad(model, loss: torch.Tensor) -> torch.Tensor:
