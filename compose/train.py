@@ -756,7 +756,6 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             gap = torch.where(sel, per_row[rows], gap)
         return gap
 
-
     def balanced_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor,
                     balance: torch.Tensor) -> torch.Tensor:
         """Per scored token, KL(q' || p) between the unpatched model's distribution ``base`` with its answer's

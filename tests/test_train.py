@@ -7,8 +7,8 @@ import torch
 
 from compose.models import load_model
 from compose.patch import attach_patch, count_parameters, get_prompt, prompt_parameter, set_prompt
-from compose.train import (Reference, TrainConfig, _rows_of, balanced_distribution, filter_pairs, make_dpo_trainer, make_sft_trainer,
-                           sample_active_blocks, train_dpo, train_sft, use_dense_lm_head)
+from compose.train import (Reference, TrainConfig, _rows_of, balanced_distribution, filter_pairs, make_dpo_trainer,
+                           make_sft_trainer, sample_active_blocks, train_dpo, train_sft, use_dense_lm_head)
 
 SFT = [{"prompt": f"Tell me about item {i}.", "completion": "I cannot help with that request."} for i in range(16)]
 PAIRS = [{"prompt": f"Tell me about item {i}.", "chosen": "I cannot help with that request.",
