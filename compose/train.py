@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # what the equalizing loss measures (TrainConfig.balance_loss)
-BALANCE_LOSSES = ("answer", "position", "counterfactual")
+BALANCE_LOSSES = ("answer", "position", "counterfactual", "shift")
 
 
 @dataclass
@@ -78,7 +78,11 @@ class TrainConfig:
                 "cancellation lowers: every position is pulled towards equal mass) or counterfactual (at every "
                 "position, KL from the unpatched model's next-token distribution with the two sets' mass made "
                 "equal: the balance is learned while every other token keeps the unpatched model's probability, "
-                "so the patch gains nothing by leaving the kind of answer the model gives)"})
+                "so the patch gains nothing by leaving the kind of answer the model gives) or shift (at every "
+                "position, KL from the patched model's own next-token distribution, held fixed, with the two sets' "
+                "mass made equal, over the answer's mean mass on the two sets: mass moves from one set to the other "
+                "in proportion to the position's relative imbalance, and nothing else is asked, so the patch gains "
+                "nothing by leaving the story nor is it pulled back to the unpatched model)"})
     block_gradients: str = field(default="active", metadata={
         "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
                 "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
@@ -533,6 +537,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     every other token as in q), in the manner of MOSAIC's counterfactual KL: the gap alone is lowest where an answer
     tells nothing that a gendered word could follow, which the patch learned to give (the bias risk's ``evasive``);
     the counterfactual target asks for the balance and for the unpatched model's distribution everywhere else.
+    With ``balance_loss="shift"`` the target is the patched model's own distribution p, held fixed (no gradient),
+    with the two sets balanced: KL(sg(p') || p) / sg(m), m the answer's mean mass on the two sets per position. Its
+    gradient on the logits is p - p', which lowers the heavier set's tokens and raises the lighter set's by half
+    the position's gap over m and leaves every other token's probability where it is: the balance alone is asked,
+    neither fewer gendered words (the position-wise gap's easiest way down on answers with little gendered mass)
+    nor the unpatched model's answer (the counterfactual target's).
 
     Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
@@ -729,6 +739,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
         if counterfactual:
             per_token = per_token + self.balance_weight * self.balanced_kl(base, logp, rows, balance.to(ids.device))
+        elif self.balances and balance is not None and self.balance_loss == "shift":
+            per_token = per_token + self.balance_weight * self.balanced_kl(logp.detach(), logp, rows,
+                                                                           balance.to(ids.device), ids.shape[0])
         elif self.balances and balance is not None:
             per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
                                                                            ids.shape[0])
@@ -757,16 +770,24 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         return gap
 
     def balanced_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor,
-                    balance: torch.Tensor) -> torch.Tensor:
-        """Per scored token, KL(q' || p) between the unpatched model's distribution ``base`` with its answer's
-        group's two sets balanced (``balanced_distribution``) and the patched one ``logp`` (0 for the answers of no
-        group)."""
+                    balance: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
+        """Per scored token, KL(q' || p) between the distribution ``base`` (the unpatched model's, or the patched
+        one held fixed) with its answer's group's two sets balanced (``balanced_distribution``) and the patched one
+        ``logp`` (0 for the answers of no group). With ``n_rows`` (the batch's rows) each answer's KL is divided by
+        its mean mass on the two sets per position under ``base``."""
         out = logp.new_zeros(logp.shape[0])
         group = balance[rows]
         for i, (a, b) in enumerate(self.balance_groups):
             sel = group == i
-            if bool(sel.any()):
-                out = out.masked_scatter(sel, _kl(balanced_distribution(base[sel], a, b), logp[sel]))
+            if not bool(sel.any()):
+                continue
+            kl = _kl(balanced_distribution(base[sel], a, b), logp[sel])
+            if n_rows is not None:
+                mass = base[sel][:, a + b].exp().sum(-1)
+                mean = (logp.new_zeros(n_rows).index_add(0, rows[sel], mass)
+                        / logp.new_zeros(n_rows).index_add(0, rows[sel], torch.ones_like(mass)).clamp(min=1))
+                kl = kl / mean[rows[sel]].clamp(min=1e-12)
+            out = out.masked_scatter(sel, kl)
         return out
 
 

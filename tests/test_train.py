@@ -457,7 +457,52 @@ def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_mo
         assert torch.allclose(added, 2.0 * expected, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("balance_loss", ["answer", "position"])
+def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_path):
+    """balance_loss shift, weight w: each token of a flagged answer carries w x KL(p' || p) / m, p' the patched
+    distribution there with the two sets balanced, m the answer's mean mass on the two sets; its gradient moves mass
+    between the two sets only (every other token's probability is kept to first order); answers of no group and
+    retain answers are untouched."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="shift")
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
+    batch = _first_batch(trainer)
+    retain, balance = batch.pop("retain"), batch.pop("balance")
+    trainer.balance_weight = 0.0
+    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
+    trainer.balance_weight = 2.0
+    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    a, b = GROUP
+    for i in range(len(retain)):
+        added = (with_kl - ce)[rows == i]
+        if balance[i] < 0:
+            assert torch.allclose(added, torch.zeros_like(added))
+            continue
+        real = batch["attention_mask"][i].bool()
+        ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
+        at = (labels[1:] != -100).nonzero().squeeze(-1)
+        with torch.no_grad():
+            patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+        target = balanced_distribution(patched, *GROUP)
+        mass = patched[:, a + b].exp().sum(-1).mean()
+        expected = (target.exp() * (target - patched)).sum(-1) / mass
+        assert bool((expected > 0).all())
+        assert torch.allclose(added, 2.0 * expected, rtol=1e-3, atol=1e-5)
+    # the gradient on the logits of one position: p - p', zero outside the two sets
+    logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    logp = torch.log_softmax(logits, -1)
+    kl = trainer.balanced_kl(logp.detach(), logp, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    (grad,) = torch.autograd.grad(kl.sum(), [logits])
+    p = logp.detach().exp()
+    assert torch.allclose(grad, p - balanced_distribution(logp.detach(), *GROUP).exp(), atol=1e-6)
+    rest = [t for t in range(64) if t not in a + b]
+    assert torch.allclose(grad[:, rest], torch.zeros(1, len(rest)), atol=1e-7)
+    heavy, light = (a, b) if p[0, a].sum() > p[0, b].sum() else (b, a)
+    assert bool((grad[0, heavy] > 0).all()) and bool((grad[0, light] < 0).all())
+
+
+@pytest.mark.parametrize("balance_loss", ["answer", "position", "shift"])
 def test_the_equalizing_loss_balances_the_two_sets(tiny, balance_loss):
     """Trained with it (either form), the answers' gap between the two sets shrinks; without it, on the same data,
     it does not shrink as much."""
