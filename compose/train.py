@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # what the equalizing loss measures (TrainConfig.balance_loss)
-BALANCE_LOSSES = ("answer", "position", "counterfactual", "shift")
+BALANCE_LOSSES = ("answer", "position", "counterfactual", "shift", "mass")
 
 
 @dataclass
@@ -82,7 +82,11 @@ class TrainConfig:
                 "position, KL from the patched model's own next-token distribution, held fixed, with the two sets' "
                 "mass made equal, over the answer's mean mass on the two sets: mass moves from one set to the other "
                 "in proportion to the position's relative imbalance, and nothing else is asked, so the patch gains "
-                "nothing by leaving the story nor is it pulled back to the unpatched model)"})
+                "nothing by leaving the story nor is it pulled back to the unpatched model) or mass (at every "
+                "position, KL over three outcomes, one set, the other, any other token, from the unpatched model's "
+                "with its two sets' mass made equal, over the answer's mean mass on the two sets under the unpatched "
+                "model: the balance, at the unpatched model's total mass on the two sets, and nothing about which "
+                "other token comes next)"})
     block_gradients: str = field(default="active", metadata={
         "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
                 "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
@@ -542,7 +546,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     gradient on the logits is p - p', which lowers the heavier set's tokens and raises the lighter set's by half
     the position's gap over m and leaves every other token's probability where it is: the balance alone is asked,
     neither fewer gendered words (the position-wise gap's easiest way down on answers with little gendered mass)
-    nor the unpatched model's answer (the counterfactual target's).
+    nor the unpatched model's answer (the counterfactual target's). With ``balance_loss="mass"`` the distributions
+    are lumped into three outcomes, set a, set b and every other token: KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b))
+    / sg(m), h half the unpatched model's mass on the two sets at that position and m its mean over the answer. The
+    shift loss can be lowered by lowering both sets' mass (answers with no third person in them); this target holds
+    the two sets' total at the unpatched model's, and, unlike the counterfactual one, leaves the rest of the
+    distribution free to follow the teacher.
 
     Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the
@@ -720,7 +729,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         is_retain = retain.to(ids.device).bool()[rows]
-        counterfactual = self.balances and balance is not None and self.balance_loss == "counterfactual"
+        counterfactual = self.balances and balance is not None and self.balance_loss in ("counterfactual", "mass")
         base = None
         if (self.retain_objective == "kl" and bool(is_retain.any())) or counterfactual:
             with torch.no_grad(), inner.disable_adapter():
@@ -737,7 +746,10 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                                               keep[with_replay])
                 loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
-        if counterfactual:
+        if counterfactual and self.balance_loss == "mass":
+            per_token = per_token + self.balance_weight * self.balanced_mass_kl(base, logp, rows,
+                                                                                balance.to(ids.device), ids.shape[0])
+        elif counterfactual:
             per_token = per_token + self.balance_weight * self.balanced_kl(base, logp, rows, balance.to(ids.device))
         elif self.balances and balance is not None and self.balance_loss == "shift":
             per_token = per_token + self.balance_weight * self.balanced_kl(logp.detach(), logp, rows,
@@ -788,6 +800,30 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                         / logp.new_zeros(n_rows).index_add(0, rows[sel], torch.ones_like(mass)).clamp(min=1))
                 kl = kl / mean[rows[sel]].clamp(min=1e-12)
             out = out.masked_scatter(sel, kl)
+        return out
+
+
+    def balanced_mass_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor,
+                         n_rows: int) -> torch.Tensor:
+        """Per scored token, KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b)) over the three outcomes set a, set b,
+        any other token, h half the mass of the answer's group's two sets under ``base`` (the unpatched model) and
+        p the patched model's, divided by the answer's mean 2h (0 for the answers of no group)."""
+        out = logp.new_zeros(logp.shape[0])
+        group = balance[rows]
+        for i, (a, b) in enumerate(self.balance_groups):
+            sel = group == i
+            if not bool(sel.any()):
+                continue
+            q = base[sel][:, a + b].logsumexp(-1)  # log of the unpatched mass on the two sets
+            half = q - math.log(2.0)
+            rest = torch.log1p(-q.exp().clamp(max=1 - 1e-6))
+            log_a, log_b = logp[sel][:, a].logsumexp(-1), logp[sel][:, b].logsumexp(-1)
+            log_rest = torch.log1p(-torch.logaddexp(log_a, log_b).exp().clamp(max=1 - 1e-6))
+            kl = (half.exp() * (2 * half - log_a - log_b) + rest.exp() * (rest - log_rest))
+            mass = q.exp()
+            mean = (logp.new_zeros(n_rows).index_add(0, rows[sel], mass)
+                    / logp.new_zeros(n_rows).index_add(0, rows[sel], torch.ones_like(mass)).clamp(min=1))
+            out = out.masked_scatter(sel, kl / mean[rows[sel]].clamp(min=1e-12))
         return out
 
 

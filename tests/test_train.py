@@ -502,7 +502,41 @@ def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_
     assert bool((grad[0, heavy] > 0).all()) and bool((grad[0, light] < 0).all())
 
 
-@pytest.mark.parametrize("balance_loss", ["answer", "position", "shift"])
+def test_the_mass_equalizing_loss_is_a_three_outcome_kl_to_the_balanced_unpatched_mass(tiny, tmp_path):
+    """balance_loss mass, weight w: each token of a flagged answer carries w x KL((h, h, 1 - 2h) || (p_a, p_b,
+    1 - p_a - p_b)) / m, h half the unpatched model's mass on the two sets there, m the answer's mean 2h; answers of
+    no group and retain answers are untouched."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="mass")
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
+    batch = _first_batch(trainer)
+    retain, balance = batch.pop("retain"), batch.pop("balance")
+    trainer.balance_weight = 0.0
+    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
+    trainer.balance_weight = 2.0
+    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    a, b = GROUP
+    for i in range(len(retain)):
+        added = (with_kl - ce)[rows == i]
+        if balance[i] < 0:
+            assert torch.allclose(added, torch.zeros_like(added))
+            continue
+        real = batch["attention_mask"][i].bool()
+        ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
+        at = (labels[1:] != -100).nonzero().squeeze(-1)
+        with torch.no_grad():
+            p = torch.softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].double(), -1)[at]
+            q = torch.softmax(tiny.model(input_ids=ids).logits[0].double(), -1)[at]
+        h = q[:, a + b].sum(-1) / 2
+        p_a, p_b = p[:, a].sum(-1), p[:, b].sum(-1)
+        expected = (h * torch.log(h / p_a) + h * torch.log(h / p_b)
+                    + (1 - 2 * h) * torch.log((1 - 2 * h) / (1 - p_a - p_b))) / (2 * h).mean()
+        assert torch.allclose(added.double(), 2.0 * expected, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("balance_loss", ["answer", "position", "shift", "mass"])
 def test_the_equalizing_loss_balances_the_two_sets(tiny, balance_loss):
     """Trained with it (either form), the answers' gap between the two sets shrinks; without it, on the same data,
     it does not shrink as much."""
