@@ -746,11 +746,10 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                                               keep[with_replay])
                 loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
-        if counterfactual and self.balance_loss == "mass":
-            per_token = per_token + self.balance_weight * self.balanced_mass_kl(base, logp, rows,
-                                                                                balance.to(ids.device), ids.shape[0])
-        elif counterfactual:
-            per_token = per_token + self.balance_weight * self.balanced_kl(base, logp, rows, balance.to(ids.device))
+        if counterfactual:
+            mass = self.balance_loss == "mass"
+            per_token = per_token + self.balance_weight * self.balanced_kl(
+                base, logp, rows, balance.to(ids.device), ids.shape[0] if mass else None, lumped=mass)
         elif self.balances and balance is not None and self.balance_loss == "shift":
             per_token = per_token + self.balance_weight * self.balanced_kl(logp.detach(), logp, rows,
                                                                            balance.to(ids.device), ids.shape[0])
@@ -782,48 +781,33 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         return gap
 
     def balanced_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor,
-                    balance: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
+                    balance: torch.Tensor, n_rows: int | None = None, lumped: bool = False) -> torch.Tensor:
         """Per scored token, KL(q' || p) between the distribution ``base`` (the unpatched model's, or the patched
         one held fixed) with its answer's group's two sets balanced (``balanced_distribution``) and the patched one
-        ``logp`` (0 for the answers of no group). With ``n_rows`` (the batch's rows) each answer's KL is divided by
-        its mean mass on the two sets per position under ``base``."""
+        ``logp`` (0 for the answers of no group). ``lumped``: over the three outcomes set a, set b, any other token
+        instead of the vocabulary, KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b)), h half ``base``'s mass on the
+        two sets. With ``n_rows`` (the batch's rows) each answer's KL is divided by its mean mass on the two sets per
+        position under ``base``."""
         out = logp.new_zeros(logp.shape[0])
         group = balance[rows]
         for i, (a, b) in enumerate(self.balance_groups):
             sel = group == i
             if not bool(sel.any()):
                 continue
-            kl = _kl(balanced_distribution(base[sel], a, b), logp[sel])
+            both = base[sel][:, a + b].logsumexp(-1)  # log of base's mass on the two sets
+            if lumped:
+                half, rest = both - math.log(2.0), torch.log1p(-both.exp().clamp(max=1 - 1e-6))
+                log_a, log_b = logp[sel][:, a].logsumexp(-1), logp[sel][:, b].logsumexp(-1)
+                log_rest = torch.log1p(-torch.logaddexp(log_a, log_b).exp().clamp(max=1 - 1e-6))
+                kl = half.exp() * (2 * half - log_a - log_b) + rest.exp() * (rest - log_rest)
+            else:
+                kl = _kl(balanced_distribution(base[sel], a, b), logp[sel])
             if n_rows is not None:
-                mass = base[sel][:, a + b].exp().sum(-1)
+                mass = both.exp()
                 mean = (logp.new_zeros(n_rows).index_add(0, rows[sel], mass)
                         / logp.new_zeros(n_rows).index_add(0, rows[sel], torch.ones_like(mass)).clamp(min=1))
                 kl = kl / mean[rows[sel]].clamp(min=1e-12)
             out = out.masked_scatter(sel, kl)
-        return out
-
-
-    def balanced_mass_kl(self, base: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor,
-                         n_rows: int) -> torch.Tensor:
-        """Per scored token, KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b)) over the three outcomes set a, set b,
-        any other token, h half the mass of the answer's group's two sets under ``base`` (the unpatched model) and
-        p the patched model's, divided by the answer's mean 2h (0 for the answers of no group)."""
-        out = logp.new_zeros(logp.shape[0])
-        group = balance[rows]
-        for i, (a, b) in enumerate(self.balance_groups):
-            sel = group == i
-            if not bool(sel.any()):
-                continue
-            q = base[sel][:, a + b].logsumexp(-1)  # log of the unpatched mass on the two sets
-            half = q - math.log(2.0)
-            rest = torch.log1p(-q.exp().clamp(max=1 - 1e-6))
-            log_a, log_b = logp[sel][:, a].logsumexp(-1), logp[sel][:, b].logsumexp(-1)
-            log_rest = torch.log1p(-torch.logaddexp(log_a, log_b).exp().clamp(max=1 - 1e-6))
-            kl = (half.exp() * (2 * half - log_a - log_b) + rest.exp() * (rest - log_rest))
-            mass = q.exp()
-            mean = (logp.new_zeros(n_rows).index_add(0, rows[sel], mass)
-                    / logp.new_zeros(n_rows).index_add(0, rows[sel], torch.ones_like(mass)).clamp(min=1))
-            out = out.masked_scatter(sel, kl / mean[rows[sel]].clamp(min=1e-12))
         return out
 
 

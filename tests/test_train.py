@@ -425,23 +425,24 @@ def test_a_balanced_distribution_moves_only_the_two_sets_mass():
         assert torch.allclose(r[:, s] / r[:, s].sum(-1, keepdim=True), q[:, s] / q[:, s].sum(-1, keepdim=True))
 
 
-def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_model(tiny, tmp_path):
-    """balance_loss counterfactual, weight w: each token of a flagged answer carries w x KL(q' || p), q' the
-    unpatched model's distribution there with the two sets balanced, p the patched one (both from plain forward
-    passes); answers of no group and retain answers are untouched."""
+def _added_by_balance_loss(tiny, tmp_path, balance_loss: str):
+    """A patch's first batch of 4 flagged answers, 2 of no group and 2 retain ones, under ``balance_loss`` at weight
+    2: per flagged answer, what the loss adds to its scored tokens and the patched and unpatched next-token
+    probabilities there (float64, from plain forward passes); asserts the other answers get nothing added."""
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="counterfactual")
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss=balance_loss)
     trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
     batch = _first_batch(trainer)
     retain, balance = batch.pop("retain"), batch.pop("balance")
     trainer.balance_weight = 0.0
     ce, scored = trainer.per_token_loss(model, batch, retain, balance)
     trainer.balance_weight = 2.0
-    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
+    with_loss, _ = trainer.per_token_loss(model, batch, retain, balance)
     rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    answers = []
     for i in range(len(retain)):
-        added = (with_kl - ce)[rows == i]
+        added = (with_loss - ce)[rows == i]
         if balance[i] < 0:
             assert torch.allclose(added, torch.zeros_like(added))
             continue
@@ -449,8 +450,19 @@ def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_mo
         ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
         at = (labels[1:] != -100).nonzero().squeeze(-1)
         with torch.no_grad():
-            patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
-            base = torch.log_softmax(tiny.model(input_ids=ids).logits[0].float(), -1)[at]
+            patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].double(), -1)[at]
+            base = torch.log_softmax(tiny.model(input_ids=ids).logits[0].double(), -1)[at]
+        answers.append((added.double(), patched, base))
+    assert len(answers) == 4
+    return trainer, answers
+
+
+def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_model(tiny, tmp_path):
+    """balance_loss counterfactual, weight w: each token of a flagged answer carries w x KL(q' || p), q' the
+    unpatched model's distribution there with the two sets balanced, p the patched one (both from plain forward
+    passes); answers of no group and retain answers are untouched."""
+    _, answers = _added_by_balance_loss(tiny, tmp_path, "counterfactual")
+    for added, patched, base in answers:
         target = balanced_distribution(base, *GROUP)
         expected = (target.exp() * (target - patched)).sum(-1)
         assert bool((expected > 0).all())
@@ -462,28 +474,9 @@ def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_
     distribution there with the two sets balanced, m the answer's mean mass on the two sets; its gradient moves mass
     between the two sets only (every other token's probability is kept to first order); answers of no group and
     retain answers are untouched."""
-    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
-    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="shift")
-    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
-    batch = _first_batch(trainer)
-    retain, balance = batch.pop("retain"), batch.pop("balance")
-    trainer.balance_weight = 0.0
-    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
-    trainer.balance_weight = 2.0
-    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
-    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    trainer, answers = _added_by_balance_loss(tiny, tmp_path, "shift")
     a, b = GROUP
-    for i in range(len(retain)):
-        added = (with_kl - ce)[rows == i]
-        if balance[i] < 0:
-            assert torch.allclose(added, torch.zeros_like(added))
-            continue
-        real = batch["attention_mask"][i].bool()
-        ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
-        at = (labels[1:] != -100).nonzero().squeeze(-1)
-        with torch.no_grad():
-            patched = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), -1)[at]
+    for added, patched, _ in answers:
         target = balanced_distribution(patched, *GROUP)
         mass = patched[:, a + b].exp().sum(-1).mean()
         expected = (target.exp() * (target - patched)).sum(-1) / mass
@@ -506,34 +499,15 @@ def test_the_mass_equalizing_loss_is_a_three_outcome_kl_to_the_balanced_unpatche
     """balance_loss mass, weight w: each token of a flagged answer carries w x KL((h, h, 1 - 2h) || (p_a, p_b,
     1 - p_a - p_b)) / m, h half the unpatched model's mass on the two sets there, m the answer's mean 2h; answers of
     no group and retain answers are untouched."""
-    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
-    examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="mass")
-    trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
-    batch = _first_batch(trainer)
-    retain, balance = batch.pop("retain"), batch.pop("balance")
-    trainer.balance_weight = 0.0
-    ce, scored = trainer.per_token_loss(model, batch, retain, balance)
-    trainer.balance_weight = 2.0
-    with_kl, _ = trainer.per_token_loss(model, batch, retain, balance)
-    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    _, answers = _added_by_balance_loss(tiny, tmp_path, "mass")
     a, b = GROUP
-    for i in range(len(retain)):
-        added = (with_kl - ce)[rows == i]
-        if balance[i] < 0:
-            assert torch.allclose(added, torch.zeros_like(added))
-            continue
-        real = batch["attention_mask"][i].bool()
-        ids, labels = batch["input_ids"][i][real].unsqueeze(0), batch["labels"][i][real]
-        at = (labels[1:] != -100).nonzero().squeeze(-1)
-        with torch.no_grad():
-            p = torch.softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].double(), -1)[at]
-            q = torch.softmax(tiny.model(input_ids=ids).logits[0].double(), -1)[at]
+    for added, patched, base in answers:
+        p, q = patched.exp(), base.exp()
         h = q[:, a + b].sum(-1) / 2
         p_a, p_b = p[:, a].sum(-1), p[:, b].sum(-1)
         expected = (h * torch.log(h / p_a) + h * torch.log(h / p_b)
                     + (1 - 2 * h) * torch.log((1 - 2 * h) / (1 - p_a - p_b))) / (2 * h).mean()
-        assert torch.allclose(added.double(), 2.0 * expected, rtol=1e-3, atol=1e-5)
+        assert torch.allclose(added, 2.0 * expected, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("balance_loss", ["answer", "position", "shift", "mass"])
