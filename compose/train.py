@@ -81,8 +81,8 @@ class TrainConfig:
                 "so the patch gains nothing by leaving the kind of answer the model gives) or shift (at every "
                 "position, KL from the patched model's own next-token distribution, held fixed, with the two sets' "
                 "mass made equal, over the answer's mean mass on the two sets: mass moves from one set to the other "
-                "in proportion to the position's relative imbalance, and nothing else is asked, so the patch gains "
-                "nothing by leaving the story nor is it pulled back to the unpatched model) or mass (at every "
+                "in proportion to the position's relative imbalance, and nothing else is asked: no pull back to the "
+                "unpatched model, no gain from fewer gendered words at a position) or mass (at every "
                 "position, KL over three outcomes, one set, the other, any other token, from the unpatched model's "
                 "with its two sets' mass made equal, over the answer's mean mass on the two sets under the unpatched "
                 "model: the balance, at the unpatched model's total mass on the two sets, and nothing about which "
@@ -729,9 +729,10 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         is_retain = retain.to(ids.device).bool()[rows]
-        counterfactual = self.balances and balance is not None and self.balance_loss in ("counterfactual", "mass")
+        # the balance losses whose target comes from the unpatched model
+        against_base = self.balances and balance is not None and self.balance_loss in ("counterfactual", "mass")
         base = None
-        if (self.retain_objective == "kl" and bool(is_retain.any())) or counterfactual:
+        if (self.retain_objective == "kl" and bool(is_retain.any())) or against_base:
             with torch.no_grad(), inner.disable_adapter():
                 base = torch.log_softmax(_logits_at(inner, ids, mask, keep, 0).float(), dim=-1)
         if self.retain_objective == "kl" and bool(is_retain.any()):
@@ -746,7 +747,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                                               keep[with_replay])
                 loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
-        if counterfactual:
+        if against_base:
             mass = self.balance_loss == "mass"
             per_token = per_token + self.balance_weight * self.balanced_kl(
                 base, logp, rows, balance.to(ids.device), ids.shape[0] if mass else None, lumped=mass)
