@@ -213,6 +213,14 @@ class RunContext:
         blocks = [(b.start, b.start + b.tokens) for b in subsets] if subsets else None
         s = train_sft(model, self.loaded.tokenizer, sft, config, frozen_rows=frozen_rows, desc=desc,
                       probe=watchers, balance_groups=groups, blocks=blocks)
+        own = []
+        for k in range(config.balance_own_rounds if groups and s.steps else 0):
+            # the balance where the patch's own answers go: GLD is measured along them, not the teacher's
+            answers = self.own_answers(model, sft, f"{desc}: own answers, round {k + 1}")
+            own.append(train_sft(model, self.loaded.tokenizer, sft + answers,
+                                 dataclasses.replace(config, sft_epochs=1.0), frozen_rows=frozen_rows,
+                                 desc=f"{desc} own answers {k + 1}", probe=watchers, balance_groups=groups,
+                                 blocks=blocks))
         if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
@@ -222,19 +230,36 @@ class RunContext:
                       frozen_rows=frozen_rows, desc=desc)
         if d.steps:
             d.probes = [w.measure(s.steps + d.steps) for w in watchers]  # the decision after DPO too
-        for r in (s, d):
+        for r in (s, *own, d):
             log.info(f"  {r.summary()}")
-        return {"sft": s.to_dict(), "dpo": d.to_dict(), "settings": config.to_dict()}
+        return {"sft": s.to_dict(), **({"sft_own": [r.to_dict() for r in own]} if own else {}), "dpo": d.to_dict(),
+                "settings": config.to_dict()}
+
+    def own_answers(self, model, sft: list[dict], desc: str) -> list[dict]:
+        """``model``'s greedy answers (as its risk evaluates) to the prompts of the balanced risk examples of
+        ``sft`` (``balanced``), as examples that carry their group's equalizing loss and no cross-entropy."""
+        out = []
+        for i, name in enumerate(self._balancing()):
+            examples = [e for e in sft if e.get("source") == "risk" and e.get("balance", -1) == i]
+            if not examples:
+                continue
+            answers = self.risk(name).respond(model, self.loaded.tokenizer, [e["prompt"] for e in examples], desc=desc)
+            out += [{**{k: v for k, v in e.items() if k != "replay_of"}, "completion": a, "imitate": False}
+                    for e, a in zip(examples, answers) if a.strip()]
+        log.info(f"{desc}: {len(out)} of the patch's own answers carry the equalizing loss")
+        return out
+
+    def _balancing(self) -> list[str]:
+        """The risks of this run's data that name token sets to balance, in the order of their groups."""
+        return [name for name in self._data if self.risk(name).balance_tokens(self.loaded.tokenizer)]
 
     def balanced(self, sft: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]]]:
         """``sft`` with every risk example of a risk that names token sets to balance (``Risk.balance_tokens``)
         flagged with its group's index, and those groups: what the equalizing loss needs."""
         groups, owner = [], {}
-        for name, data in self._data.items():
-            tokens = self.risk(name).balance_tokens(self.loaded.tokenizer)
-            if tokens:
-                owner.update({e["prompt"]: len(groups) for e in data.sft if e.get("source") == "risk"})
-                groups.append(tokens)
+        for name in self._balancing():
+            owner.update({e["prompt"]: len(groups) for e in self._data[name].sft if e.get("source") == "risk"})
+            groups.append(self.risk(name).balance_tokens(self.loaded.tokenizer))
         tagged = [{**e, "balance": owner[e["prompt"]]} if e.get("source") == "risk" and e["prompt"] in owner else e
                   for e in sft]
         if not any("balance" in e for e in tagged):  # no such risk's example in this stage: plain SFT

@@ -87,6 +87,11 @@ class TrainConfig:
                 "with its two sets' mass made equal, over the answer's mean mass on the two sets under the unpatched "
                 "model: the balance, at the unpatched model's total mass on the two sets, and nothing about which "
                 "other token comes next)"})
+    balance_own_rounds: int = field(default=0, metadata={
+        "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
+                "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
+                "examples plus those answers, which carry the equalizing loss alone (no cross-entropy): the balance is "
+                "asked where the patch's own answers go, not only along the teacher's; 0: off"})
     block_gradients: str = field(default="active", metadata={
         "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
                 "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
@@ -114,6 +119,8 @@ class TrainConfig:
                              f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
+        if self.balance_own_rounds < 0:
+            raise ValueError(f"balance_own_rounds must be >= 0, got {self.balance_own_rounds}")
         if self.balance_loss not in BALANCE_LOSSES:
             raise ValueError(f"balance_loss must be one of {', '.join(BALANCE_LOSSES)}, got {self.balance_loss!r}")
         if self.block_gradients not in ("active", "own"):
@@ -322,6 +329,7 @@ def sft_dataset(examples: list[dict]):
                                "completion": [{"role": "assistant", "content": e["completion"]}],
                                "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1)),
                                "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain"),
+                               "imitate": int(e.get("imitate", True)),
                                **({"block": int(e.get("block", -1))} if blocks else {})}
                               for e in examples])
 
@@ -652,7 +660,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in ("retain", "balance", "replay", "block") if c not in self._signature_columns]
+        extra = [c for c in ("retain", "balance", "replay", "imitate", "block") if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -669,12 +677,13 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
-        if not self.custom_loss:
+        imitate = inputs.pop("imitate")
+        if not self.custom_loss and bool(imitate.all()):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.replay_projection == "agem" and model.training and torch.is_grad_enabled() and bool(replay.any()):
-            loss = self.projected_loss(model, inputs, retain, balance, replay, num_items_in_batch)
+            loss = self.projected_loss(model, inputs, retain, balance, replay, imitate, num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
-        per_token, scored = self.per_token_loss(model, inputs, retain, balance, replay)
+        per_token, scored = self.per_token_loss(model, inputs, retain, balance, replay, imitate)
         count = scored.sum() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -683,7 +692,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def projected_loss(self, model, inputs, retain: torch.Tensor, balance: torch.Tensor, replay: torch.Tensor,
-                       num_items_in_batch=None) -> torch.Tensor:
+                       imitate: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         """The step's loss (its value: the batch's loss as without projection), built so that its gradient is
         ``project(g_new) + g_replay`` (see the class): each sub-batch's gradient is taken here, and the returned
         loss carries the combined gradient through a surrogate term whose value is zero."""
@@ -696,7 +705,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 grads.append([torch.zeros_like(p) for p in params])
                 continue
             part = _rows_of(inputs, rows)
-            per_token, _ = self.per_token_loss(model, part, retain[rows], balance[rows], replay[rows])
+            per_token, _ = self.per_token_loss(model, part, retain[rows], balance[rows], replay[rows], imitate[rows])
             loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
             grad = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(loss.detach())
@@ -717,8 +726,11 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         batch["labels"][real:] = -100
 
     def per_token_loss(self, model, inputs, retain: torch.Tensor, balance: torch.Tensor | None = None,
-                       replay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens."""
+                       replay: torch.Tensor | None = None, imitate: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens.
+        A row whose ``imitate`` is 0 (the patch's own answer, ``balance_own_rounds``) has no cross-entropy: only
+        its equalizing loss."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
         scored = targets != -100
@@ -728,6 +740,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         logp = torch.log_softmax(_logits_at(model, ids, mask, keep, _virtual_tokens(inner)).float(), dim=-1)
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
+        if imitate is not None and not bool(imitate.all()):
+            per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)
         is_retain = retain.to(ids.device).bool()[rows]
         # the balance losses whose target comes from the unpatched model
         against_base = self.balances and balance is not None and self.balance_loss in ("counterfactual", "mass")
@@ -836,8 +850,8 @@ def _rows_of(batch: dict, rows: torch.Tensor) -> dict:
 
 
 class _RetainFlagCollator:
-    """Wraps TRL's collator: takes each example's ``retain`` flag, ``balance`` group, ``replay`` flag and (where the
-    dataset has one) ``block`` out and adds them to the batch as tensors."""
+    """Wraps TRL's collator: takes each example's ``retain`` flag, ``balance`` group, ``replay`` flag, ``imitate``
+    flag and (where the dataset has one) ``block`` out and adds them to the batch as tensors."""
 
     def __init__(self, collate):
         self.collate = collate
@@ -846,9 +860,11 @@ class _RetainFlagCollator:
         flags = torch.tensor([bool(e.get("retain", 0)) for e in examples])
         balance = torch.tensor([int(e.get("balance", -1)) for e in examples])
         replay = torch.tensor([bool(e.get("replay", 0)) for e in examples])
-        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay", "block")}
+        imitate = torch.tensor([bool(e.get("imitate", 1)) for e in examples])
+        batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay", "imitate",
+                                                                       "block")}
                               for e in examples])
-        batch["retain"], batch["balance"], batch["replay"] = flags, balance, replay
+        batch["retain"], batch["balance"], batch["replay"], batch["imitate"] = flags, balance, replay, imitate
         if examples and "block" in examples[0]:
             batch["block"] = torch.tensor([int(e["block"]) for e in examples])
         return batch

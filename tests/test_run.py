@@ -354,6 +354,34 @@ def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, 
     assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
 
 
+def test_rounds_on_the_patchs_own_answers_balance_them_without_imitating_them(tmp_path, monkeypatch):
+    """balance_own_rounds: after SFT each round trains one more epoch on the stage's examples plus the patch's own
+    greedy answers to its balanced risk examples, which are not imitated; the stage records every round."""
+    from compose import context
+
+    seen = []
+    answers = context.RunContext.own_answers
+
+    def own_answers(self, model, sft, desc):
+        out = answers(self, model, sft, desc)
+        seen.append((sft, out, self.risk("bias").respond(model, self.loaded.tokenizer, [e["prompt"] for e in out])))
+        return out
+
+    monkeypatch.setattr(context.RunContext, "own_answers", own_answers)
+    out = tmp_path / "own"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "bias", "--strategy", "sequential",
+                 "--train", "balance_weight=5", "--train", "balance_own_rounds=2", "--train", "max_steps=2",
+                 "--out", str(out)]) == 0
+    training = json.loads((out / "stages" / "01-bias" / "stage.json").read_text())["training"]
+    assert training["settings"]["balance_own_rounds"] == 2 and len(training["sft_own"]) == len(seen) == 2
+    for (sft, own, greedy), record in zip(seen, training["sft_own"]):
+        flagged = [e for e in sft if e.get("balance", -1) == 0]
+        assert own and len(own) <= len(flagged) and {e["prompt"] for e in own} <= {e["prompt"] for e in flagged}
+        assert all(e["imitate"] is False and e["balance"] == 0 for e in own)
+        assert [e["completion"] for e in own] == greedy  # the patch's own greedy answers, as it was at that round
+        assert record["examples"] == len(sft) + len(own) and record["steps"] > 0
+
+
 def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
     """risk_train's train_limit / retain_limit size one risk's data; the other risks keep the run's; a user's
     train_limit for all risks wins over the preset's per-risk one; a training setting stays out of the data."""
