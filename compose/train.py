@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # what the equalizing loss measures (TrainConfig.balance_loss)
 BALANCE_LOSSES = ("answer", "position", "counterfactual", "shift", "mass")
+AGAINST_BASE = ("counterfactual", "mass")  # the forms whose target comes from the unpatched model
 
 
 @dataclass
@@ -92,6 +93,11 @@ class TrainConfig:
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
                 "examples plus those answers, which carry the equalizing loss alone (no cross-entropy): the balance is "
                 "asked where the patch's own answers go, not only along the teacher's; 0: off"})
+    balance_own_loss: str = field(default="shift", metadata={
+        "help": "the equalizing loss on the patch's own answers (balance_own_rounds), one of balance_loss's forms: "
+                "shift (default) moves mass from one set to the other and asks nothing else; mass would hold the "
+                "unpatched model's total mass on the two sets, which along an answer that already names a gender "
+                "is large, so it asks for more gendered words"})
     block_gradients: str = field(default="active", metadata={
         "help": "with random subsets of blocks active (strategy modular): which of an example's active blocks its "
                 "loss trains: active (all of them) or own (its own risk's block alone, the others active but held "
@@ -121,8 +127,9 @@ class TrainConfig:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if self.balance_own_rounds < 0:
             raise ValueError(f"balance_own_rounds must be >= 0, got {self.balance_own_rounds}")
-        if self.balance_loss not in BALANCE_LOSSES:
-            raise ValueError(f"balance_loss must be one of {', '.join(BALANCE_LOSSES)}, got {self.balance_loss!r}")
+        for name in ("balance_loss", "balance_own_loss"):
+            if getattr(self, name) not in BALANCE_LOSSES:
+                raise ValueError(f"{name} must be one of {', '.join(BALANCE_LOSSES)}, got {getattr(self, name)!r}")
         if self.block_gradients not in ("active", "own"):
             raise ValueError(f"block_gradients must be 'active' or 'own', got {self.block_gradients!r}")
         if self.dpo_reference not in ("sft", "base"):
@@ -356,7 +363,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
     trainer = PatchSFTTrainer(model=model, args=args, train_dataset=sft_dataset(examples), processing_class=tokenizer,
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
-                              balance_loss=cfg.balance_loss,
+                              balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection, blocks=blocks,
@@ -589,7 +596,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     """
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
-                 balance_groups=(), balance_loss: str = "answer", replay_reference: Reference | None = None,
+                 balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
+                 replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -599,7 +607,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         super().__init__(*args, **kwargs)
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
-        self.balance_loss = balance_loss
+        self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -743,8 +751,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         if imitate is not None and not bool(imitate.all()):
             per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)
         is_retain = retain.to(ids.device).bool()[rows]
-        # the balance losses whose target comes from the unpatched model
-        against_base = self.balances and balance is not None and self.balance_loss in ("counterfactual", "mass")
+        terms = self._balance_terms(balance, imitate)
+        against_base = any(kind in AGAINST_BASE for kind, _ in terms)
         base = None
         if (self.retain_objective == "kl" and bool(is_retain.any())) or against_base:
             with torch.no_grad(), inner.disable_adapter():
@@ -761,21 +769,38 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                                               keep[with_replay])
                 loss = _kl(anchored, logp[is_replay])
             per_token = per_token.masked_scatter(is_replay, self.replay_weight * loss)
-        if against_base:
-            mass = self.balance_loss == "mass"
-            per_token = per_token + self.balance_weight * self.balanced_kl(
-                base, logp, rows, balance.to(ids.device), ids.shape[0] if mass else None, lumped=mass)
-        elif self.balances and balance is not None and self.balance_loss == "shift":
-            per_token = per_token + self.balance_weight * self.balanced_kl(logp.detach(), logp, rows,
-                                                                           balance.to(ids.device), ids.shape[0])
-        elif self.balances and balance is not None:
-            per_token = per_token + self.balance_weight * self.balance_gap(logp, rows, balance.to(ids.device),
-                                                                           ids.shape[0])
+        for kind, which in terms:
+            per_token = per_token + self.balance_weight * self.balance_term(kind, base, logp, rows,
+                                                                            which.to(ids.device), ids.shape[0])
         return torch.where(is_retain, self.retain_weight * per_token, per_token), scored
 
-    def balance_gap(self, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor, n_rows: int) -> torch.Tensor:
+    def _balance_terms(self, balance: torch.Tensor | None, imitate: torch.Tensor | None
+                       ) -> list[tuple[str, torch.Tensor]]:
+        """The equalizing losses of a batch, as (form, each row's group or -1 where that form does not apply): the
+        answers to imitate take ``balance_loss``, the patch's own answers (``imitate`` 0) ``balance_own_loss``."""
+        if not self.balances or balance is None:
+            return []
+        if imitate is None or bool(imitate.all()) or self.balance_own_loss == self.balance_loss:
+            return [(self.balance_loss, balance)]
+        own = ~imitate.to(balance.device).bool()
+        return [(self.balance_loss, torch.where(own, -1, balance)), (self.balance_own_loss, torch.where(own, balance, -1))]
+
+    def balance_term(self, kind: str, base: torch.Tensor | None, logp: torch.Tensor, rows: torch.Tensor,
+                     balance: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Per scored token, the equalizing loss of form ``kind`` (``TrainConfig.balance_loss``) of its answer's
+        group, unweighted (0 for the answers of no group); ``base``: the unpatched model's log-probabilities, which
+        the forms in ``AGAINST_BASE`` need."""
+        if kind in AGAINST_BASE:
+            mass = kind == "mass"
+            return self.balanced_kl(base, logp, rows, balance, n_rows if mass else None, lumped=mass)
+        if kind == "shift":
+            return self.balanced_kl(logp.detach(), logp, rows, balance, n_rows)
+        return self.balance_gap(logp, rows, balance, n_rows, per_position=kind == "position")
+
+    def balance_gap(self, logp: torch.Tensor, rows: torch.Tensor, balance: torch.Tensor, n_rows: int,
+                    per_position: bool = False) -> torch.Tensor:
         """Per scored token, its answer's gap over the token sets of the answer's ``balance`` group (0 for the
-        answers of no group): |P_a - P_b| / (P_a + P_b), or with ``balance_loss="position"``
+        answers of no group): |P_a - P_b| / (P_a + P_b), or ``per_position`` (``balance_loss="position"``)
         sum_t |p_a(t) - p_b(t)| / sum_t (p_a(t) + p_b(t))."""
         gap = logp.new_zeros(logp.shape[0])
         group = balance[rows]
@@ -785,7 +810,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 continue
             probs = logp[sel].exp()
             m_a, m_b = probs[:, a].sum(-1), probs[:, b].sum(-1)  # each set's mass at each position
-            if self.balance_loss == "position":
+            if per_position:
                 per_row = (logp.new_zeros(n_rows).index_add(0, rows[sel], (m_a - m_b).abs())
                            / logp.new_zeros(n_rows).index_add(0, rows[sel], m_a + m_b).clamp(min=1e-12))
             else:

@@ -72,7 +72,8 @@ def measure(risk: str, out: Path) -> dict:
     stage = next((out / "stages").glob("01-*"))
     patched = json.loads((stage / "eval.json").read_text())[risk]
     training = json.loads((stage / "stage.json").read_text())["training"]
-    return {"seconds": sum(training[s]["seconds"] for s in ("sft", "dpo")), **compared(risk, base, patched)}
+    stages = [training["sft"], *training.get("sft_own", []), training["dpo"]]  # sft_own: balance_own_rounds
+    return {"seconds": sum(s["seconds"] for s in stages), **compared(risk, base, patched)}
 
 
 def eval_sets(specs: list[str]) -> dict[str, Path]:

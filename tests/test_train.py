@@ -459,25 +459,31 @@ def _added_by_balance_loss(tiny, tmp_path, balance_loss: str):
 
 def test_an_answer_not_to_imitate_carries_its_equalizing_loss_alone(tiny, tmp_path):
     """imitate False (the patch's own answer, balance_own_rounds): no cross-entropy on its tokens, only the
-    equalizing loss; the answers to imitate keep theirs."""
+    equalizing loss of the form balance_own_loss; the answers to imitate keep theirs and balance_loss's."""
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     examples = [{**e, "balance": 0, "imitate": i % 2 == 0} for i, e in enumerate(SFT[:4])] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="mass")
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss="mass", balance_own_loss="shift")
     trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
     batch = _first_batch(trainer)
     retain, balance, replay, imitate = (batch.pop(k) for k in ("retain", "balance", "replay", "imitate"))
     assert sorted(imitate.tolist()) == [False, False, True, True, True, True]
-    everything, scored = trainer.per_token_loss(model, batch, retain, balance, replay)
-    own, _ = trainer.per_token_loss(model, batch, retain, balance, replay, imitate)
-    trainer.balance_weight = 0.0
-    ce, _ = trainer.per_token_loss(model, batch, retain, balance, replay)
+
+    def loss(form, weight=2.0, flags=None):
+        trainer.balance_loss, trainer.balance_weight = form, weight
+        return trainer.per_token_loss(model, batch, retain, balance, replay, flags)
+
+    (mass, scored), (shift, _), (ce, _) = loss("mass"), loss("shift"), loss("mass", 0.0)
+    own, _ = loss("mass", flags=imitate)
     rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
     for i in range(len(retain)):
         at = rows == i
-        expected = everything[at] if imitate[i] else everything[at] - ce[at]
+        expected = mass[at] if imitate[i] else shift[at] - ce[at]
         assert bool((ce[at] > 0).all()) and torch.allclose(own[at], expected, atol=1e-5)
-    assert torch.allclose(trainer.per_token_loss(model, batch, retain, balance, replay, imitate)[0][~imitate[rows]],
-                          torch.zeros(int((~imitate[rows]).sum())))
+        if balance[i] >= 0 and not imitate[i]:
+            assert bool((own[at] > 0).all()) and not torch.allclose(own[at], mass[at] - ce[at], atol=1e-4)
+    trainer.balance_own_loss = "mass"
+    alone, _ = loss("mass", flags=imitate)
+    assert torch.allclose(alone[~imitate[rows]], (mass - ce)[~imitate[rows]], atol=1e-5)
 
 
 def test_the_counterfactual_equalizing_loss_adds_kl_to_the_balanced_unpatched_model(tiny, tmp_path):
