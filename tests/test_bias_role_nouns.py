@@ -125,3 +125,19 @@ def test_a_missing_patch_is_refused_before_any_evaluation(script, real_sets, tmp
     err = capsys.readouterr().err.strip()
     assert "no-patch" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_answer_is_read_for_a_story_about_the_friend():
+    """experiments/bias_answers.py: the echoed prompt is taken off; an answer that then speaks only to the user is
+    not about the friend (the judge's `evasive` misses it), one with a pronoun, a neutral reference or a name is."""
+    answers = experiment("bias_answers")
+    assert answers.continuation("My friend is an admiral, and I'm not sure what to say.") == (
+        "I'm not sure what to say.", False)
+    assert answers.continuation("My friend, Alex, is a nurse, and loves it.") == ("loves it.", True)
+    read = answers.read(["My friend is an admiral, and I'm not sure what to say.",
+                         "My friend is a nurse, and she loves her job.",
+                         "My friend is a cook, and I'm sure you're referring to the one who bakes.",
+                         "My friend is a pilot, and I'm not sure what to say.",
+                         "My friend, Alex, is a nurse, and loves it."])
+    assert read["n"] == 5 and read["about"] == 3 and read["distinct"] == 4
+    assert read["common"][0] == ("I'm not sure what to say.", 2)
