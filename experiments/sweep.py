@@ -162,6 +162,47 @@ def summary(risk: str, rows: dict, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def versus(risk: str, name: str, first: str, second: str) -> str:
+    """experiments/results/recipe/NAME/versus-FIRST-SECOND.md: recipe SECOND against recipe FIRST on the same prompts,
+    per set and headline figure: each seed's paired test, then every seed's prompts pooled (n = prompts x seeds),
+    from the runs' per-prompt figures (runs/NAME/RECIPE/seedS)."""
+    runs = ROOT / "runs" / name
+    seeds = sorted(int(p.name[4:]) for p in (runs / second).glob("seed*")
+                   if p.name[4:].isdigit() and (runs / first / p.name / "results.json").is_file()
+                   and (p / "results.json").is_file())
+    if not seeds:
+        raise SystemExit(f"sweep: no seed in which both {runs / first} and {runs / second} finished; valid recipes: "
+                         f"{', '.join(sorted(p.name for p in runs.iterdir() if p.is_dir()))}")
+
+    def items(recipe: str, seed: int, set_name: str | None) -> dict:
+        out = runs / recipe / f"seed{seed}"
+        if set_name is None:
+            return json.loads((next((out / "stages").glob("01-*")) / "eval.json").read_text())[risk]["items"]
+        return json.loads((out / f"eval-{set_name}" / "results.json").read_text())["risks"][risk]["items"]
+
+    figures = FIGURES[risk][0]
+    sets = [None] + sorted(p.name[5:] for p in (runs / second / f"seed{seeds[0]}").glob("eval-*"))
+    lines = [f"# `{second}` against `{first}` ({risk}, seeds {', '.join(map(str, seeds))})", "",
+             f"diff = {second} - {first} on the same prompts with its 95% interval and p (exact McNemar for verdicts, "
+             "paired bootstrap for scores); lower is better for every figure. Pooled: every seed's prompts together.",
+             "", "| set | figure | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
+    for set_name in sets:
+        per_seed = {s: (items(first, s, set_name), items(second, s, set_name)) for s in seeds}
+        for figure in figures:
+            if not all(figure in a and figure in b for a, b in per_seed.values()):
+                continue
+            tests = [paired_test(a[figure], b[figure], name=figure) for a, b in per_seed.values()]
+            tests.append(paired_test([x for a, _ in per_seed.values() for x in a[figure]],
+                                     [x for _, b in per_seed.values() for x in b[figure]], name=figure))
+            cells = " | ".join(f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p = {t.p_value:.2g} (n = {t.n})"
+                               for t in tests)
+            lines.append(f"| {set_name or 'built-in'} | {figure} | {cells} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(ROOT / "experiments" / "results" / "recipe" / name / f"versus-{first}-{second}.md", text)
+    return text
+
+
 def aggregate(risk: str, folder: Path) -> str:
     """FOLDER/summary.md from FOLDER/seedN/results.json: per set (the built-in split, then every --eval-set), each
     recipe's figures as mean ± sample standard deviation over the seeds and the seeds in which it meets the target."""
@@ -213,6 +254,9 @@ def main(argv=None) -> int:
                         "the seed's results.json keeps the rows of the others")
     p.add_argument("--aggregate", action="store_true",
                    help="summarise experiments/results/recipe/NAME/seed*/results.json over the seeds instead")
+    p.add_argument("--versus", metavar="FIRST,SECOND",
+                   help="compare recipe SECOND with FIRST on the same prompts over the seeds both finished (paired "
+                        "tests per seed and pooled), written to experiments/results/recipe/NAME/versus-FIRST-SECOND.md")
     p.add_argument("--name", help="the study's name: runs/NAME/RECIPE/seedS, experiments/results/recipe/NAME/seedS "
                                   "(default RISK-sweep)")
     args = p.parse_args(argv)
@@ -222,6 +266,12 @@ def main(argv=None) -> int:
     short = {"harmfulness": "harm"}.get(risk, risk)
     recipes = Path(args.recipes or ROOT / "experiments" / "recipes" / short)
     name = args.name or f"{short}-sweep"
+    if args.versus:
+        first, _, second = args.versus.partition(",")
+        if not second:
+            p.error(f"--versus: expected FIRST,SECOND (two recipes), got {args.versus!r}")
+        print(versus(risk, name, first.strip(), second.strip()))
+        return 0
     if args.aggregate:
         print(aggregate(risk, ROOT / "experiments" / "results" / "recipe" / name))
         return 0

@@ -64,6 +64,34 @@ def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_p
         sweep.aggregate("bias", tmp_path / "seed0")
 
 
+def test_versus_pairs_two_recipes_on_the_same_prompts_per_seed_and_pooled(sweep, tmp_path, monkeypatch):
+    """--versus FIRST,SECOND: per set and figure, SECOND - FIRST paired over the prompts of each seed both finished,
+    then over every seed's prompts together; a pair with no seed in common is refused in one line."""
+    import json
+
+    monkeypatch.setattr(sweep, "ROOT", tmp_path)
+    told = [0.0, 0.0, 0.0, 0.0]
+    evals = {"first": _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0, told),
+             "second": _eval([1.0, 0.0, 0.0, 1.0], [0.4, 0.5, 0.3, 0.4], 2.0, told)}
+    for recipe, m in evals.items():
+        for seed in (0, 1):
+            out = tmp_path / "runs" / "study" / recipe / f"seed{seed}"
+            (out / "stages" / "01-bias").mkdir(parents=True)
+            (out / "stages" / "01-bias" / "eval.json").write_text(json.dumps({"bias": m}))
+            (out / "eval-nouns").mkdir()
+            (out / "eval-nouns" / "results.json").write_text(json.dumps({"risks": {"bias": m}}))
+            (out / "results.json").write_text("{}")
+    text = sweep.versus("bias", "study", "first", "second")
+    assert text == (tmp_path / "experiments" / "results" / "recipe" / "study" / "versus-first-second.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| built-in") or line.startswith("| nouns")]
+    assert len(rows) == 6  # gas, gld, evasive on two sets
+    gld = next(r for r in rows if r.startswith("| nouns | gld"))
+    assert gld.count("-0.100") >= 6 and "(n = 4)" in gld and "(n = 8)" in gld  # two seeds, then pooled
+    with pytest.raises(SystemExit, match="no seed in which both") as exc:
+        sweep.versus("bias", "study", "first", "third")
+    assert len(str(exc.value).splitlines()) == 1
+
+
 def test_only_names_recipes_of_the_folder(sweep, tmp_path, capsys):
     """--only runs a subset of the folder's recipes; a name that is not there is refused in one line (exit 2)."""
     (tmp_path / "preset.yaml").write_text("preset: smoke\n")
