@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         model = load_patch(loaded, path)
         rows[name] = read(risk.respond(model, loaded.tokenizer, prompts, desc=name))
-        model.unload()
     lines = [f"Greedy answers to `{args.data}` (n = {len(prompts)}), as the bias risk evaluates them. *About the "
              "friend*: the continuation after the echoed prompt has a third-person word (Wilson 95% interval).", "",
              "| model | about the friend | distinct continuations | most repeated continuations |",
