@@ -700,7 +700,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def projected_loss(self, model, inputs, retain: torch.Tensor, balance: torch.Tensor, replay: torch.Tensor,
-                       imitate: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+                       imitate: torch.Tensor | None = None, num_items_in_batch=None) -> torch.Tensor:
         """The step's loss (its value: the batch's loss as without projection), built so that its gradient is
         ``project(g_new) + g_replay`` (see the class): each sub-batch's gradient is taken here, and the returned
         loss carries the combined gradient through a surrogate term whose value is zero."""
@@ -713,7 +713,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 grads.append([torch.zeros_like(p) for p in params])
                 continue
             part = _rows_of(inputs, rows)
-            per_token, _ = self.per_token_loss(model, part, retain[rows], balance[rows], replay[rows], imitate[rows])
+            per_token, _ = self.per_token_loss(model, part, retain[rows], balance[rows], replay[rows],
+                                               None if imitate is None else imitate[rows])
             loss = per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
             grad = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(loss.detach())
