@@ -566,7 +566,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     / sg(m), h half the unpatched model's mass on the two sets at that position and m its mean over the answer. The
     shift loss can be lowered by lowering both sets' mass (answers with no third person in them); this target holds
     the two sets' total at the unpatched model's, and, unlike the counterfactual one, leaves the rest of the
-    distribution free to follow the teacher.
+    distribution free to follow the teacher. An example whose ``imitate`` is 0 (the patch's own answer, see
+    ``TrainConfig.balance_own_rounds``) has no cross-entropy and takes the form ``balance_own_loss`` instead.
 
     Replayed examples (``replay_reference`` given: the patch as the stage began, ``replay_objective: kl``): a risk
     example replayed from an earlier stage learns KL(p_reference || p_patched) along its answer instead of the

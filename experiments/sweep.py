@@ -67,9 +67,14 @@ def run(risk: str, recipe: Path, out: Path, seed: int) -> None:
                     "--config", str(recipe), "--seed", str(seed), "--out", str(out), *resume], check=True)
 
 
+def patch_stage(out: Path) -> Path:
+    """The folder of a single-risk run's one training stage (its patch, eval.json and stage.json)."""
+    return next((out / "stages").glob("01-*"))
+
+
 def measure(risk: str, out: Path) -> dict:
     base = json.loads((out / "stages" / "00-base.json").read_text())[risk]
-    stage = next((out / "stages").glob("01-*"))
+    stage = patch_stage(out)
     patched = json.loads((stage / "eval.json").read_text())[risk]
     training = json.loads((stage / "stage.json").read_text())["training"]
     stages = [training["sft"], *training.get("sft_own", []), training["dpo"]]  # sft_own: balance_own_rounds
@@ -114,7 +119,7 @@ def compared(risk: str, base: dict, patched: dict) -> dict:
 def measure_sets(risk: str, out: Path, study: Path, sets: dict[str, Path]) -> dict:
     """The run's patch on each extra set against the base model there (the base model evaluated once per study)."""
     model = yaml.safe_load((out / "config.yaml").read_text())["model"]
-    patch = next((out / "stages").glob("01-*")) / "patch"
+    patch = patch_stage(out) / "patch"
     return {name: {"file": str(data), **compared(risk, evaluated(risk, model, data, study / f"base-{name}"),
                                                   evaluated(risk, model, data, out / f"eval-{name}", patch))}
             for name, data in sets.items()}
@@ -177,7 +182,7 @@ def versus(risk: str, name: str, first: str, second: str) -> str:
     def items(recipe: str, seed: int, set_name: str | None) -> dict:
         out = runs / recipe / f"seed{seed}"
         if set_name is None:
-            return json.loads((next((out / "stages").glob("01-*")) / "eval.json").read_text())[risk]["items"]
+            return json.loads((patch_stage(out) / "eval.json").read_text())[risk]["items"]
         return json.loads((out / f"eval-{set_name}" / "results.json").read_text())["risks"][risk]["items"]
 
     figures = FIGURES[risk][0]
