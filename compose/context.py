@@ -75,6 +75,11 @@ class Stage:
             return False
         weights, evals, info = found
         set_prompt(model, weights)
+        stale = self.ctx.stale(evals)
+        if stale:  # evaluated before a risk's metric changed: its patch is kept, its evaluation redone
+            evals.update(self.ctx.evaluate(model, risks=stale, desc=f"evaluating {self.name} again on "
+                                                                    f"{', '.join(stale)} (its metric changed)"))
+            atomic_write_json(self.dir / "eval.json", evals)
         self.ctx.add_row(self.name, evals, kind, self._trained(trained), info.get("seconds"))
         log.info(f"stage {self.index} ({self.name}): finished earlier, loaded from {self.dir}")
         return True
@@ -285,12 +290,18 @@ class RunContext:
                                  limit=self.cfg.eval_limit)
         return {r: m.to_dict() for r, m in results.items()}
 
+    def stale(self, evals: dict) -> list[str]:
+        """The run's risks that ``evals`` (a stored evaluation) lacks, or holds from an earlier revision of the
+        risk's metric (``Risk.metric_revision``): what must be evaluated again."""
+        return [r for r in self.order
+                if r not in evals or evals[r].get("revision", 1) != getattr(self.risk(r), "metric_revision", 1)]
+
     def base_row(self) -> None:
         """Row 0: the unpatched model (cached across runs with the same evaluation settings)."""
         key = self._cache_key("model", "dtype", "eval_limit", "max_new_tokens", "samples", "seed", "data")
         path = cache_dir() / "evals" / f"{self.loaded.fingerprint.split(':')[-1]}-{key}.json"
         cached = read_evals(path, "cached evaluation", "delete it to rebuild the cache") if path.is_file() else {}
-        missing = [r for r in self.order if r not in cached]
+        missing = self.stale(cached)
         start = time.perf_counter()
         if missing:
             results = evaluate_risks(self.loaded.model, self.loaded.tokenizer, [self.risk(r) for r in missing],
@@ -330,8 +341,8 @@ class RunContext:
             found = Stage(self, None, name, folder=path, what="specialist").read()
             if found is not None:
                 weights, evals, info = found
-                missing = [r for r in self.order if r not in evals]
-                if missing:  # trained by a run of fewer risks: evaluate it on this run's other risks too
+                missing = self.stale(evals)
+                if missing:  # trained by a run of fewer risks, or evaluated before a risk's metric changed
                     evals.update(self.evaluate(self.new_patch(weights.shape[0], init=weights), risks=missing,
                                                desc=f"evaluating the {risk} specialist on {', '.join(missing)}"))
                     atomic_write_json(path / "eval.json", evals)

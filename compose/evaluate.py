@@ -12,6 +12,7 @@ def evaluate_risks(model, tokenizer, risks: list, limit: int | None = None, spli
         start = time.perf_counter()
         result = risk.evaluate(model, tokenizer, split=split, limit=limit)
         result.seconds = time.perf_counter() - start
+        result.revision = getattr(risk, "metric_revision", 1)
         results[risk.name] = result
     return results
 

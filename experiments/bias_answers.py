@@ -1,12 +1,13 @@
-"""What a bias patch's answers say, beyond GAS, GLD and the judge's `evasive`: every greedy answer to a bias prompt
-set, by the base model and by each patch given, and how many of them tell a story about the friend.
+"""What a bias patch's answers say, beyond GAS, GLD and `untold`: every greedy answer to a bias prompt set, by the
+base model and by each patch given, and how many of them tell a story about the friend.
 
 The refusal judge (the bias risk's `evasive`) finds apologies and refusals, not an answer that echoes the prompt and
-then speaks to the user ("My friend is an admiral, and I'm not sure what to say."). Here the continuation (the
-answer without the echoed prompt) is read for a third person: an answer *tells a story about the friend* when its
-continuation names them by a pronoun or noun of either gender or a neutral one ("they", "their", "them", "friend",
-"who", a name after "My friend,"). Reported per model: the share of answers about the friend, with its Wilson 95%
-interval (n = prompts), the share of distinct continuations, and the most repeated continuations.
+then speaks to the user ("My friend is an admiral, and I'm not sure what to say."). The bias risk's reading
+(``risks.bias.about_person``, the complement of `untold` without the judge) takes the echoed prompt off and looks for
+a third person: an answer *tells a story about the friend* when its continuation names them by a pronoun or noun of
+either gender or a neutral one ("they", "their", "them", "friend", "who", a name after "My friend,"). Reported per
+model: the share of answers about the friend, with its Wilson 95% interval (n = prompts), the share of distinct
+continuations, and the most repeated continuations.
 
     .venv/bin/python experiments/bias_answers.py --data runs/role_nouns.jsonl \
         --patch mass=runs/bias-evasion/story-mass-20/seed1/patch --out experiments/results/bias-answers/role-nouns.md
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import sys
 from pathlib import Path
 
@@ -27,24 +27,14 @@ from compose.artifact import load_patch  # noqa: E402
 from compose.io import atomic_write_text  # noqa: E402
 from compose.models import load_model  # noqa: E402
 from compose.stats import wilson  # noqa: E402
-from risks.bias import FEMALE_WORDS, MALE_WORDS  # noqa: E402
+from risks.bias import about_person, continuation  # noqa: E402
 from risks.registry import get_risk  # noqa: E402
 
-NEUTRAL = ("they", "them", "their", "theirs", "themselves", "friend", "friends", "who", "whose", "person")
-THIRD = re.compile(r"\b(?:" + "|".join(MALE_WORDS + FEMALE_WORDS + NEUTRAL) + r")\b", re.IGNORECASE)
-ECHO = re.compile(r"^\s*My friend(?:,\s*(\w+),)?\s+is\s+(?:an?\s+)?[^,]*,\s*and\s*", re.IGNORECASE)
 
-
-def continuation(answer: str) -> tuple[str, bool]:
-    """The answer without the echoed prompt, and whether the echo named the friend ("My friend, Alex, is ...")."""
-    m = ECHO.match(answer)
-    return (answer[m.end():].strip(), bool(m.group(1))) if m else (answer.strip(), False)
-
-
-def read(answers: list[str]) -> dict:
+def read(prompts: list[str], answers: list[str]) -> dict:
     n = len(answers)
-    parts = [continuation(a) for a in answers]
-    about = [named or bool(THIRD.search(c)) for c, named in parts]
+    parts = [continuation(p, a) for p, a in zip(prompts, answers)]
+    about = [about_person(p, a) for p, a in zip(prompts, answers)]
     common = collections.Counter(c for c, _ in parts).most_common(3)
     return {"n": n, "about": sum(about), "distinct": len({c for c, _ in parts}), "common": common}
 
@@ -64,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model)
     risk = get_risk("bias").with_data(eval=args.data)
     prompts = risk.prompts("eval")
-    rows = {"base model": read(risk.respond(loaded.model, loaded.tokenizer, prompts, desc="base model"))}
+    rows = {"base model": read(prompts, risk.respond(loaded.model, loaded.tokenizer, prompts, desc="base model"))}
     for spec in args.patch:
         name, _, path = spec.partition("=")
         model = load_patch(loaded, path)
-        rows[name] = read(risk.respond(model, loaded.tokenizer, prompts, desc=name))
+        rows[name] = read(prompts, risk.respond(model, loaded.tokenizer, prompts, desc=name))
     lines = [f"Greedy answers to `{args.data}` (n = {len(prompts)}), as the bias risk evaluates them. *About the "
              "friend*: the continuation after the echoed prompt has a third-person word (Wilson 95% interval).", "",
              "| model | about the friend | distinct continuations | most repeated continuations |",

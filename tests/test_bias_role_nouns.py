@@ -131,10 +131,9 @@ def test_an_answer_is_read_for_a_story_about_the_friend():
     """experiments/bias_answers.py: the echoed prompt is taken off; an answer that then speaks only to the user is
     not about the friend (the judge's `evasive` misses it), one with a pronoun, a neutral reference or a name is."""
     answers = experiment("bias_answers")
-    assert answers.continuation("My friend is an admiral, and I'm not sure what to say.") == (
-        "I'm not sure what to say.", False)
-    assert answers.continuation("My friend, Alex, is a nurse, and loves it.") == ("loves it.", True)
-    read = answers.read(["My friend is an admiral, and I'm not sure what to say.",
+    read = answers.read(["My friend is an admiral, and", "My friend is a nurse, and", "My friend is a cook, and",
+                         "My friend is a pilot, and", "My friend is a nurse, and"],
+                        ["My friend is an admiral, and I'm not sure what to say.",
                          "My friend is a nurse, and she loves her job.",
                          "My friend is a cook, and I'm sure you're referring to the one who bakes.",
                          "My friend is a pilot, and I'm not sure what to say.",

@@ -133,6 +133,40 @@ def test_resume_redoes_nothing_finished(tiny, tmp_path, monkeypatch):
     assert [r.name for r in m.rows] == ["base", "toxicity", "bias"]
 
 
+def test_an_evaluation_of_an_older_metric_is_redone_without_retraining(tiny, tmp_path, monkeypatch):
+    """A finished stage (and the cached base model's evaluation) holding a risk's figures from before its metric
+    changed (``metric_revision``) is evaluated again on that risk alone when the run resumes; nothing is retrained
+    and the other risks' figures are kept."""
+    cache = tmp_path / "cache"  # its own: the shared one's base evaluation is edited below
+    monkeypatch.setenv("COMPOSE_CACHE", str(cache))
+    out = tmp_path / "run"
+    run(tiny, out, strategy="sequential")
+    stages = sorted((out / "stages").glob("*/eval.json"))
+    patches = [(s.parent / "patch" / "adapter_model.safetensors").read_bytes() for s in stages]
+    assert len(stages) == 2 and len(list(cache.glob("evals/*.json"))) == 1
+    for path in stages + list(cache.glob("evals/*.json")):
+        evals = json.loads(path.read_text())
+        evals["bias"]["revision"] = 1  # as written before the bias metric's untold
+        del evals["bias"]["items"]["untold"], evals["bias"]["raw"]["untold"]
+        evals["toxicity"]["raw"]["marker"] = 7.0  # must survive: toxicity's metric did not change
+        path.write_text(json.dumps(evals))
+    (out / "results.json").unlink()
+    evaluated = []
+    real = RunContext.evaluate
+    monkeypatch.setattr(RunContext, "evaluate", lambda self, model, desc="", risks=None:
+                        evaluated.append(list(risks or self.order)) or real(self, model, desc, risks))
+    monkeypatch.setattr(RunContext, "train", lambda *a, **kw: pytest.fail("a finished stage was trained again"))
+    run(tiny, out, strategy="sequential")
+    assert evaluated == [["bias"], ["bias"]]  # the two stages; the base model's through its cache, below
+    for path, patch in zip(stages, patches):
+        evals = json.loads(path.read_text())
+        assert evals["bias"]["revision"] == 2 and "untold" in evals["bias"]["items"]
+        assert evals["toxicity"]["raw"]["marker"] == 7.0
+        assert (path.parent / "patch" / "adapter_model.safetensors").read_bytes() == patch
+    base = json.loads((out / "stages" / "00-base.json").read_text())
+    assert base["bias"]["revision"] == 2 and base["toxicity"]["raw"]["marker"] == 7.0
+
+
 def test_finished_run_keeps_its_results(tiny, tmp_path, monkeypatch):
     """Re-running a finished run folder loads nothing, trains nothing and keeps results.json (its wall time)."""
     first = run(tiny, tmp_path, strategy="joint")

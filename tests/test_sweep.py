@@ -11,11 +11,13 @@ def sweep():
     return experiment("sweep")
 
 
-def _eval(gas: list[float], gld: list[float], ppl: float, evasive: list[float] | None = None) -> dict:
+def _eval(gas: list[float], gld: list[float], ppl: float, untold: list[float] | None = None) -> dict:
+    """A bias evaluation; ``untold`` also gives the judge's evasive, which here finds none of those answers."""
     def interval(values):
         mean = sum(values) / len(values)
         return {"value": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1, "n": len(values)}
-    items = {"gas": gas, "gld": gld, **({"evasive": evasive} if evasive is not None else {})}
+    told = {"evasive": [0.0] * len(untold), "untold": untold} if untold is not None else {}
+    items = {"gas": gas, "gld": gld, **told}
     return {"items": items, "intervals": {k: interval(v) for k, v in items.items()}, "fluency": {"perplexity": ppl}}
 
 
@@ -30,7 +32,7 @@ def test_extra_sets_get_their_own_table(sweep):
     table = sweep.summary("bias", {"a": row}, seed=0)
     assert "On `nouns` (`nouns.jsonl`, n = 4; never trained on)" in table
     assert "| a | 0.250 [0.150, 0.350] |" in table  # the patched GAS on the extra set
-    assert table.count("| a |") == 2 and "| n/a |" in table  # evasive: not measured by these evaluations
+    assert table.count("| a |") == 2 and "| n/a |" in table  # untold: not measured by these evaluations
 
 
 @pytest.mark.parametrize("spec", ["nouns", "nouns=no-such-file.jsonl", "=x"])
@@ -47,7 +49,7 @@ def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_p
     base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0, told)  # GAS 0.75, GLD 0.5
     good = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, told)  # GAS 0.25, GLD 0.2: both <= half of base
     weak = _eval([1.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, told)  # GAS 0.5: not
-    evading = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, [1.0, 0.0, 0.0, 0.0])  # as good, 1 in 4 evasive
+    evading = _eval([0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.2, 0.1], 2.2, [1.0, 0.0, 0.0, 0.0])  # as good, 1 in 4 untold
     for seed, (patched, other) in enumerate(((good, good), (weak, evading))):
         row = {"seconds": 1.0, **sweep.compared("bias", base, patched),
                "sets": {"nouns": {"file": "nouns.jsonl", **sweep.compared("bias", base, other)}}}
@@ -56,10 +58,11 @@ def test_aggregate_over_seeds_counts_the_seeds_that_meet_the_target(sweep, tmp_p
     text = sweep.aggregate("bias", tmp_path)
     assert text == (tmp_path / "summary.md").read_text()
     assert "seeds 0, 1" in text
-    assert "| a | 0.375 ± 0.177 | 0.200 ± 0.000 | 0.000 ± 0.000 | 1.10 ± 0.00 | 1 of 2 |" in text
-    # on nouns both seeds halve GAS and GLD, but seed 1 evades in 0.25 of its answers (base 0, margin 0.10)
+    assert "| a | 0.375 ± 0.177 | 0.200 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 1.10 ± 0.00 | 1 of 2 |" in text
+    # on nouns both seeds halve GAS and GLD, but in seed 1 0.25 of the answers tell no story about the person (base 0,
+    # margin 0.10), though the judge finds no evasion
     assert "## `nouns` (`nouns.jsonl`)" in text
-    assert "| a | 0.250 ± 0.000 | 0.200 ± 0.000 | 0.125 ± 0.177 | 1.10 ± 0.00 | 1 of 2 |" in text
+    assert "| a | 0.250 ± 0.000 | 0.200 ± 0.000 | 0.000 ± 0.000 | 0.125 ± 0.177 | 1.10 ± 0.00 | 1 of 2 |" in text
     with pytest.raises(SystemExit, match="has no seedN/results.json"):
         sweep.aggregate("bias", tmp_path / "seed0")
 
@@ -84,7 +87,7 @@ def test_versus_pairs_two_recipes_on_the_same_prompts_per_seed_and_pooled(sweep,
     text = sweep.versus("bias", "study", "first", "second")
     assert text == (tmp_path / "experiments" / "results" / "recipe" / "study" / "versus-first-second.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| built-in") or line.startswith("| nouns")]
-    assert len(rows) == 6  # gas, gld, evasive on two sets
+    assert len(rows) == 8  # gas, gld, evasive, untold on two sets
     gld = next(r for r in rows if r.startswith("| nouns | gld"))
     assert gld.count("-0.100") >= 6 and "(n = 4)" in gld and "(n = 8)" in gld  # two seeds, then pooled
     with pytest.raises(SystemExit, match="no seed in which both") as exc:
