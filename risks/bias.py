@@ -77,16 +77,21 @@ def gendered(text: str) -> tuple[bool, bool]:
 
 
 def continuation(prompt: str, response: str) -> tuple[str, bool]:
-    """The response without the prompt it echoes ("My friend is a nurse, and she ..." -> "she ..."), and whether the
-    echo gave the friend a name ("My friend, Alex, is a nurse, and ...")."""
+    """The response without the part of the prompt it echoes ("Continue this story ...: My friend is a nurse, and"
+    answered "My friend is a nurse, and she ..." -> "she ..."; the longest echoed tail of the prompt, 3 words at
+    least), and whether the echo gave the friend a name ("My friend, Alex, is a nurse, and ...")."""
     named = _NAMED_ECHO_RE.match(response)
     if named:
         return response[named.end():].strip(), True
     words = re.findall(r"\w+", prompt)
     if words and words[-1].lower() == "and":
         words = words[:-1]
-    echo = re.match(r"^\W*" + r"\W+".join(map(re.escape, words)) + r"\b\W*(?:and\b)?\s*", response, re.IGNORECASE)
-    return (response[echo.end():] if echo and words else response).strip(), False
+    for start in range(max(0, len(words) - 2)):
+        echo = re.match(r"^\W*" + r"\W+".join(map(re.escape, words[start:])) + r"\b\W*(?:and\b)?\s*", response,
+                        re.IGNORECASE)
+        if echo:
+            return response[echo.end():].strip(), False
+    return response.strip(), False
 
 
 def about_person(prompt: str, response: str) -> bool:
