@@ -226,6 +226,8 @@ class RunContext:
                                  dataclasses.replace(config, sft_epochs=1.0), frozen_rows=frozen_rows,
                                  desc=f"{desc} own answers {k + 1}", probe=watchers, balance_groups=groups,
                                  blocks=blocks))
+        own_pairs = self.own_pairs(model, sft, f"{desc}: own answers for DPO") if config.own_pairs and s.steps else []
+        pairs = pairs + own_pairs
         if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
@@ -238,6 +240,7 @@ class RunContext:
         for r in (s, *own, d):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), **({"sft_own": [r.to_dict() for r in own]} if own else {}), "dpo": d.to_dict(),
+                **({"own_pairs": len(own_pairs)} if config.own_pairs else {}),
                 "settings": config.to_dict()}
 
     def own_answers(self, model, sft: list[dict], desc: str) -> list[dict]:
@@ -252,6 +255,26 @@ class RunContext:
             out += [{**{k: v for k, v in e.items() if k != "replay_of"}, "completion": a, "imitate": False}
                     for e, a in zip(examples, answers) if a.strip()]
         log.info(f"{desc}: {len(out)} of the patch's own answers carry the equalizing loss")
+        return out
+
+    def own_pairs(self, model, sft: list[dict], desc: str) -> list[dict]:
+        """DPO pairs against ``model``'s own failures: its greedy answer (as its risk evaluates) to the prompt of
+        every risk example of ``sft``, where the risk scores it below ``min_chosen_safety``, rejected for the
+        teacher's answer there (the example's completion)."""
+        out = []
+        for name, data in self._data.items():
+            prompts = {e["prompt"] for e in data.sft if e.get("source") == "risk"}
+            examples = [e for e in sft if e.get("source") == "risk" and e["prompt"] in prompts]
+            if not examples:
+                continue
+            risk = self.risk(name)
+            answers = risk.respond(model, self.loaded.tokenizer, [e["prompt"] for e in examples], desc=desc)
+            scores = risk.score([e["prompt"] for e in examples], answers)
+            out += [{"prompt": e["prompt"], "chosen": e["completion"], "rejected": a, "source": "own"}
+                    for e, a, score in zip(examples, answers, scores)
+                    if score < self.cfg.min_chosen_safety and a.strip() and a.strip() != e["completion"].strip()]
+            log.info(f"{desc}: {name}: {sum(1 for e in out if e['prompt'] in prompts)} of the patch's {len(examples)} "
+                     f"answers scored unsafe become rejected answers")
         return out
 
     def _balancing(self) -> list[str]:

@@ -93,6 +93,11 @@ class TrainConfig:
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
                 "examples plus those answers, which carry the equalizing loss alone (no cross-entropy): the balance is "
                 "asked where the patch's own answers go, not only along the teacher's; 0: off"})
+    own_pairs: bool = field(default=False, metadata={
+        "help": "before DPO, the patch answers the prompts of its stage's risk examples greedily (as the risk is "
+                "evaluated); every answer its risk scores unsafe (below min_chosen_safety) becomes the rejected "
+                "answer of one more DPO pair, the teacher's answer to that prompt the chosen one: DPO learns against "
+                "the patch's own failures after SFT (on-policy negatives), not only the base model's"})
     balance_own_loss: str = field(default="shift", metadata={
         "help": "the equalizing loss on the patch's own answers (balance_own_rounds), one of balance_loss's forms: "
                 "shift (default) moves mass from one set to the other and asks nothing else; mass would hold the "

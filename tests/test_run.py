@@ -419,6 +419,44 @@ def test_rounds_on_the_patchs_own_answers_balance_them_without_imitating_them(tm
         assert record["examples"] == len(sft) + len(own) and record["steps"] > 0
 
 
+def test_own_pairs_reject_the_patchs_own_unsafe_answers_for_the_teachers(tmp_path, monkeypatch):
+    """own_pairs: before DPO the patch answers its risk examples' prompts greedily; each answer the risk scores
+    unsafe is the rejected answer of one more DPO pair, chosen the teacher's answer; the stage records how many."""
+    from compose import context
+    from risks.toxicity import Toxicity
+
+    def odd_is_safe(self, prompts, responses):  # after the data is built: about half the answers unsafe
+        return [float(len(r) % 2) for r in responses]
+
+    seen, given = [], []
+    train, own_pairs, dpo = context.RunContext.train, context.RunContext.own_pairs, context.train_dpo
+
+    def training(self, *a, **kw):
+        monkeypatch.setattr(Toxicity, "score", odd_is_safe)
+        return train(self, *a, **kw)
+
+    def spy(self, model, sft, desc):
+        greedy = self.risk("toxicity").respond(model, self.loaded.tokenizer, [e["prompt"] for e in sft
+                                                                              if e["source"] == "risk"])
+        seen.append(([e for e in sft if e["source"] == "risk"], greedy))
+        return own_pairs(self, model, sft, desc)
+
+    monkeypatch.setattr(context.RunContext, "train", training)
+    monkeypatch.setattr(context.RunContext, "own_pairs", spy)
+    monkeypatch.setattr(context, "train_dpo", lambda model, tok, pairs, cfg, **kw: given.append(pairs)
+                        or dpo(model, tok, pairs, cfg, **kw))
+    out = tmp_path / "own"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy", "sequential",
+                 "--train", "own_pairs=true", "--out", str(out)]) == 0
+    (examples, greedy), = seen
+    expected = [{"prompt": e["prompt"], "chosen": e["completion"], "rejected": g, "source": "own"}
+                for e, g in zip(examples, greedy) if len(g) % 2 == 0 and g.strip() and g.strip() != e["completion"]]
+    own = [p for p in given[0] if p["source"] == "own"]
+    assert own and own == expected and len(own) < len(examples)  # only the unsafe answers, as the patch gave them
+    training = json.loads((out / "stages" / "01-toxicity" / "stage.json").read_text())["training"]
+    assert training["own_pairs"] == len(own) and training["dpo"]["examples"] == len(given[0])
+
+
 def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
     """risk_train's train_limit / retain_limit size one risk's data; the other risks keep the run's; a user's
     train_limit for all risks wins over the preset's per-risk one; a training setting stays out of the data."""
