@@ -136,12 +136,18 @@ def cell(row: dict, figure: str) -> str:
     return f"{ci(row[figure]['patched'])} | {row[figure]['p_value']:.2g}" if figure in row else "n/a | "
 
 
+def measured(rows, figure: str) -> dict | None:
+    """The first of ``rows`` that has ``figure`` (a figure added to a metric later is missing from older rows): where
+    the base model's value of it is read."""
+    return next((r for r in rows if figure in r), None)
+
+
 def summary(risk: str, rows: dict, seed: int) -> str:
     figures, target = FIGURES[risk]
     frontier = FRONTIER.get(risk)
     first = next(iter(rows.values()))
-    base = ", ".join(f"{f} {ci(first[f]['base'])}" for f in figures if f in first)
-    ns = ", ".join(f"{f} n = {first[f]['patched']['n']}" for f in figures if f in first)
+    base = ", ".join(f"{f} {ci(r[f]['base'])}" for f in figures if (r := measured(rows.values(), f)))
+    ns = ", ".join(f"{f} n = {r[f]['patched']['n']}" for f in figures if (r := measured(rows.values(), f)))
     lines = [f"# The {risk} patch's recipe, seed {seed}", "",
              f"Single-risk {risk} patches (quick preset unless the recipe says otherwise: 16 tokens, 48 training "
              f"prompts and 48 retain prompts, 3 SFT epochs, 1 DPO epoch) on the built-in held-out split ({ns}). "
@@ -157,7 +163,8 @@ def summary(risk: str, rows: dict, seed: int) -> str:
             cells += f" | {sum(r[f]['patched']['value'] for f in figures):.3f}"
         lines.append(f"| {name} | {cells} | {r['perplexity_ratio']:.2f} | {r['seconds']:.0f} |")
     for set_name, first_set in first.get("sets", {}).items():
-        base = ", ".join(f"{f} {ci(first_set[f]['base'])}" for f in figures if f in first_set)
+        on_set = [r["sets"][set_name] for r in rows.values()]
+        base = ", ".join(f"{f} {ci(m[f]['base'])}" for f in figures if (m := measured(on_set, f)))
         lines += ["", f"On `{set_name}` (`{first_set['file']}`, n = {first_set[figures[0]]['patched']['n']}; never "
                       f"trained on): base model {base}.", "",
                   "| recipe | " + " | ".join(f"{f} | p" for f in figures) + " | answers' perplexity / base |",
@@ -229,8 +236,9 @@ def aggregate(risk: str, folder: Path) -> str:
              f"Mean ± sample standard deviation over the seeds (each seed's summary.md has the intervals and paired "
              f"tests). Target: {target}; met: the seeds whose figures meet it.", ""]
     for label, pick in sets.items():
-        base = ", ".join(f"{f} {fmt(spread([pick(r[recipes[0]])[f]['base']['value'] for r in runs.values()]))}"
-                         for f in figures if f in pick(first))
+        bases = {f: [m[f]["base"]["value"] for r in runs.values()
+                     if (m := measured([pick(r[name]) for name in recipes], f))] for f in figures}
+        base = ", ".join(f"{f} {fmt(spread(values))}" for f, values in bases.items() if values)
         lines += [f"## {label}", "", f"Base model: {base}.", "",
                   "| recipe | " + " | ".join(figures) + " | answers' perplexity / base | target met |",
                   "|---|" + "---|" * len(figures) + "---|---|"]

@@ -118,3 +118,14 @@ def test_every_committed_recipe_resolves():
     for path in recipes:
         cfg = resolve(load_config_file(path), risks="tox,bias,harm")
         assert cfg.preset == "quick", path
+
+
+def test_the_base_model_of_a_figure_is_read_from_a_recipe_that_measured_it(sweep):
+    """A figure added to the metric later (untold) is missing from older recipes' rows: the table's base model line
+    reads it from the first row that has it, not from the first row alone."""
+    old = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0)
+    base = _eval([1.0, 1.0, 0.0, 1.0], [0.5, 0.6, 0.4, 0.5], 2.0, [1.0, 0.0, 0.0, 0.0])
+    rows = {"older": {"seconds": 1.0, **sweep.compared("bias", old, old)},
+            "newer": {"seconds": 1.0, **sweep.compared("bias", base, base)}}
+    header = next(line for line in sweep.summary("bias", rows, seed=0).splitlines() if line.startswith("Single-risk"))
+    assert "untold 0.250 [0.150, 0.350]" in header and "untold n = 4" in header
