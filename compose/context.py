@@ -227,20 +227,31 @@ class RunContext:
                                  desc=f"{desc} own answers {k + 1}", probe=watchers, balance_groups=groups,
                                  blocks=blocks))
         own_pairs = self.own_pairs(model, sft, f"{desc}: own answers for DPO") if config.own_pairs and s.steps else []
-        pairs = pairs + own_pairs
         if config.dpo_reference == "sft" and s.steps:
             # the patch as SFT left it (with any frozen blocks, in place): DPO refines the SFT policy. Against the
             # base model instead, the risk pairs are already won after SFT and only the retain pairs pull, which
             # undoes what SFT taught (measured: the refusal's first-token probability 0.77 -> 0.22).
             reference = Reference(prefix=get_prompt(model))
-        d = train_dpo(model, self.loaded.tokenizer, pairs, config, reference=reference,
+        d = train_dpo(model, self.loaded.tokenizer, pairs + own_pairs, config, reference=reference,
                       frozen_rows=frozen_rows, desc=desc)
         if d.steps:
             d.probes = [w.measure(s.steps + d.steps) for w in watchers]  # the decision after DPO too
-        for r in (s, *own, d):
+        later, counts = [], []  # own_pairs_rounds: DPO again against what the patch still gets wrong
+        for k in range(1, config.own_pairs_rounds if config.own_pairs and s.steps and d.steps else 1):
+            more = self.own_pairs(model, sft, f"{desc}: own answers for DPO, round {k + 1}")
+            counts.append(len(more))
+            if not more:
+                break
+            if config.dpo_reference == "sft":
+                reference = Reference(prefix=get_prompt(model))
+            later.append(train_dpo(model, self.loaded.tokenizer, pairs + more, config,
+                                   reference=reference, frozen_rows=frozen_rows, desc=f"{desc} own pairs {k + 1}"))
+            later[-1].probes = [w.measure(s.steps + d.steps + sum(r.steps for r in later)) for w in watchers]
+        for r in (s, *own, d, *later):
             log.info(f"  {r.summary()}")
         return {"sft": s.to_dict(), **({"sft_own": [r.to_dict() for r in own]} if own else {}), "dpo": d.to_dict(),
                 **({"own_pairs": len(own_pairs)} if config.own_pairs else {}),
+                **({"own_pairs_later": counts, "dpo_own": [r.to_dict() for r in later]} if counts else {}),
                 "settings": config.to_dict()}
 
     def own_answers(self, model, sft: list[dict], desc: str) -> list[dict]:

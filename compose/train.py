@@ -98,6 +98,11 @@ class TrainConfig:
                 "evaluated); every answer its risk scores unsafe (below min_chosen_safety) becomes the rejected "
                 "answer of one more DPO pair, the teacher's answer to that prompt the chosen one: DPO learns against "
                 "the patch's own failures after SFT (on-policy negatives), not only the base model's"})
+    own_pairs_rounds: int = field(default=1, metadata={
+        "help": "with own_pairs, rounds of DPO against the patch's own failures: after each round's DPO the patch "
+                "answers again, and its answers still scored unsafe become the rejected answers of the next round, "
+                "which runs DPO over the stage's pairs plus those (the reference: the patch as that round begins, "
+                "with dpo_reference sft); a round with no unsafe answer left ends them (iterative, on-policy DPO)"})
     balance_own_loss: str = field(default="shift", metadata={
         "help": "the equalizing loss on the patch's own answers (balance_own_rounds), one of balance_loss's forms: "
                 "shift (default) moves mass from one set to the other and asks nothing else; mass would hold the "
@@ -130,6 +135,8 @@ class TrainConfig:
                              f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
+        if self.own_pairs_rounds < 1:
+            raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
             raise ValueError(f"balance_own_rounds must be >= 0, got {self.balance_own_rounds}")
         for name in ("balance_loss", "balance_own_loss"):

@@ -79,7 +79,8 @@ def measure(risk: str, out: Path) -> dict:
     stage = patch_stage(out)
     patched = json.loads((stage / "eval.json").read_text())[risk]
     training = json.loads((stage / "stage.json").read_text())["training"]
-    stages = [training["sft"], *training.get("sft_own", []), training["dpo"]]  # sft_own: balance_own_rounds
+    # sft_own: balance_own_rounds; dpo_own: own_pairs_rounds
+    stages = [training["sft"], *training.get("sft_own", []), training["dpo"], *training.get("dpo_own", [])]
     return {"seconds": sum(s["seconds"] for s in stages), **compared(risk, base, patched)}
 
 

@@ -457,6 +457,51 @@ def test_own_pairs_reject_the_patchs_own_unsafe_answers_for_the_teachers(tmp_pat
     assert training["own_pairs"] == len(own) and training["dpo"]["examples"] == len(given[0])
 
 
+def test_own_pairs_rounds_run_dpo_again_against_what_the_patch_still_gets_wrong(tmp_path, monkeypatch):
+    """own_pairs_rounds: after DPO the patch answers again; its answers still scored unsafe become the rejected
+    answers of one more DPO round over the stage's pairs, with the patch as that round began as the reference."""
+    from compose import context
+    from compose.patch import get_prompt
+    from risks.toxicity import Toxicity
+
+    def odd_is_safe(self, prompts, responses):
+        return [float(len(r) % 2) for r in responses]
+
+    seen, given, references = [], [], []
+    train, own_pairs, dpo = context.RunContext.train, context.RunContext.own_pairs, context.train_dpo
+
+    def training(self, *a, **kw):
+        monkeypatch.setattr(Toxicity, "score", odd_is_safe)
+        return train(self, *a, **kw)
+
+    def spy(self, model, sft, desc):
+        out = own_pairs(self, model, sft, desc)
+        seen.append((get_prompt(model), out))
+        return out
+
+    def dpo_spy(model, tok, pairs, cfg, reference=None, **kw):
+        given.append(pairs)
+        references.append(reference.prefix.detach().clone())
+        return dpo(model, tok, pairs, cfg, reference=reference, **kw)
+
+    monkeypatch.setattr(context.RunContext, "train", training)
+    monkeypatch.setattr(context.RunContext, "own_pairs", spy)
+    monkeypatch.setattr(context, "train_dpo", dpo_spy)
+    out = tmp_path / "own"
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "tox", "--strategy", "sequential",
+                 "--train", "own_pairs=true", "--train", "own_pairs_rounds=3", "--train", "dpo_lr=0.1",
+                 "--out", str(out)]) == 0
+    training = json.loads((out / "stages" / "01-toxicity" / "stage.json").read_text())["training"]
+    assert len(seen) == 1 + len(training["own_pairs_later"]) and 2 <= len(seen) <= 3
+    assert training["own_pairs"] == len(seen[0][1]) and training["own_pairs_later"] == [len(o) for _, o in seen[1:]]
+    assert len(training["dpo_own"]) == len(given) - 1 == sum(1 for _, o in seen[1:] if o)
+    stage_pairs = [p for p in given[0] if p["source"] != "own"]
+    for (prompt, own), pairs, reference in zip(seen[1:], given[1:], references[1:]):
+        assert pairs == stage_pairs + own  # the stage's pairs plus what this round's patch still gets wrong
+        assert torch.equal(reference, prompt)  # DPO refines the patch as this round began
+    assert not torch.equal(seen[0][0], seen[1][0])  # the round's answers come from the patch after DPO
+
+
 def test_a_risk_learns_from_its_own_number_of_prompts(tmp_path, monkeypatch):
     """risk_train's train_limit / retain_limit size one risk's data; the other risks keep the run's; a user's
     train_limit for all risks wins over the preset's per-risk one; a training setting stays out of the data."""

@@ -186,6 +186,8 @@ def test_bad_config_is_refused():
             TrainConfig(**{name: "mse"})
     with pytest.raises(ValueError, match="retain_weight and replay_weight must be >= 0"):
         TrainConfig(replay_weight=-1)
+    with pytest.raises(ValueError, match="own_pairs_rounds must be >= 1, got 0"):
+        TrainConfig(own_pairs_rounds=0)
 
 
 def test_decision_probe_watches_the_first_tokens_on_held_back_prompts(tiny):
