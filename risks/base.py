@@ -209,6 +209,14 @@ class Risk:
                 sizes[split] = 0
         return sizes
 
+    def untemplated(self, prompt: str) -> str:
+        """The data row's prompt inside a templated one (``template``'s text around ``{prompt}`` removed; a prompt
+        that the template did not make is returned as it is)."""
+        before, _, after = str(self.options["template"]).partition("{prompt}")
+        if prompt.startswith(before) and prompt.endswith(after) and len(prompt) >= len(before) + len(after):
+            return prompt[len(before):len(prompt) - len(after)]
+        return prompt
+
     # -- teacher -----------------------------------------------------------------------------------------
     def make_teacher(self) -> Teacher:
         raise NotImplementedError

@@ -53,33 +53,70 @@ class BestOfNTeacher(Teacher):
     chosen = the highest-scored sample, rejected = the lowest-scored one (``None`` when all score the same).
     Sampling at temperature 0.7 / top-p 0.9 keeps the 135M model's samples fluent (at 1.0 many are noise,
     and noise is often "safe").
+
+    ``prefill``: a text every chosen sample starts with, ``{prompt}`` in it replaced by the data row's prompt (the
+    risk's ``template`` removed; e.g. ``"{prompt} they"`` answers "My friend is a nurse, and" with "My friend is a
+    nurse, and they ..."): the ``n`` chosen candidates are the base model's continuations of it, and the rejected
+    answer is the lowest-scored of ``n`` more samples without it, the base model's own answers (``None`` when none
+    scores below the chosen one). The answer's opening is curated and the rest is the model's own.
     """
 
     name = "best-of-n"
 
-    def __init__(self, n: int = 4, temperature: float = 0.7, top_p: float = 0.9):
+    def __init__(self, n: int = 4, temperature: float = 0.7, top_p: float = 0.9, prefill: str | None = None):
         if n < 2:
             raise ComposeError(f"best-of-n needs n >= 2, got {n}")
-        self.n, self.temperature, self.top_p = n, temperature, top_p
+        if prefill is not None and not prefill.strip():
+            raise ComposeError("the best-of-n teacher's prefill must not be empty (leave it out for none)")
+        self.n, self.temperature, self.top_p, self.prefill = n, temperature, top_p, prefill
 
     def respond(self, risk, model, tokenizer, prompts: list[str]) -> list[TeacherOutput]:
         samples = risk.generate(model, tokenizer, prompts, self.n, desc=f"{risk.name}: best-of-{self.n} teacher",
                                 temperature=self.temperature, top_p=self.top_p)
-        flat_prompts = [p for p, s in zip(prompts, samples) for _ in s]
-        scores = risk.score(flat_prompts, [r for s in samples for r in s])
+        scores = self._scores(risk, prompts, samples)
+        if self.prefill is None:
+            return [self._ranked(group, group_scores, group, group_scores)
+                    for group, group_scores in zip(samples, scores)]
+        openings = [self.prefill.replace("{prompt}", risk.untemplated(p)).strip() for p in prompts]
+        texts = [t + o for t, o in zip(prompt_texts(tokenizer, prompts, risk.chat), openings)]
+        cfg = risk.generation_config(self.n, temperature=self.temperature, top_p=self.top_p)
+        continued = generate(model, tokenizer, texts, cfg, chat=False,
+                             desc=f"{risk.name}: best-of-{self.n} teacher, prefilled")
+        chosen = [[_joined(o, c) for c in group] for o, group in zip(openings, continued)]
+        chosen_scores = self._scores(risk, prompts, chosen)
+        return [self._ranked(*args) for args in zip(chosen, chosen_scores, samples, scores)]
+
+    @staticmethod
+    def _scores(risk, prompts: list[str], samples: list[list[str]]) -> list[list[float]]:
+        flat = risk.score([p for p, group in zip(prompts, samples) for _ in group], [r for g in samples for r in g])
         out, k = [], 0
         for group in samples:
-            ranked = sorted(zip(scores[k:k + len(group)], range(len(group))), key=lambda t: (-t[0], t[1]))
+            out.append(flat[k:k + len(group)])
             k += len(group)
-            (best, i), (worst, j) = ranked[0], ranked[-1]
-            if best > worst:
-                out.append(TeacherOutput(group[i], group[j], best, worst))
-            else:
-                out.append(TeacherOutput(group[i], None, best, None))
         return out
 
+    @staticmethod
+    def _ranked(chosen: list[str], chosen_scores: list[float], rejected: list[str],
+                rejected_scores: list[float]) -> TeacherOutput:
+        """The highest-scored of ``chosen`` and the lowest-scored of ``rejected`` when it scores below it (ties: the
+        first sample)."""
+        best, i = max(zip(chosen_scores, range(len(chosen))), key=lambda t: (t[0], -t[1]))
+        worst, j = min(zip(rejected_scores, range(len(rejected))), key=lambda t: (t[0], -t[1]))
+        if worst < best:
+            return TeacherOutput(chosen[i], rejected[j], best, worst)
+        return TeacherOutput(chosen[i], None, best, None)
+
     def describe(self) -> str:
-        return f"best-of-{self.n} (base model samples at T={self.temperature} ranked by the risk's score)"
+        prefill = f", chosen answers prefilled with {self.prefill!r}" if self.prefill else ""
+        return f"best-of-{self.n} (base model samples at T={self.temperature} ranked by the risk's score{prefill})"
+
+
+def _joined(opening: str, continuation: str) -> str:
+    """``opening`` followed by the model's ``continuation`` of it (a space between them unless the continuation
+    starts with punctuation or one)."""
+    if not continuation or continuation[0].isspace() or continuation[0] in ",.;:!?'":
+        return (opening + continuation).strip()
+    return f"{opening} {continuation}".strip()
 
 
 class PrefillTeacher(Teacher):

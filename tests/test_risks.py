@@ -306,6 +306,34 @@ def test_the_story_teacher_never_learns_an_answer_that_tells_no_story(tiny, monk
         get_risk("bias", teacher_score="gender")
 
 
+def test_a_prefilled_best_of_n_teacher_opens_every_chosen_answer_and_rejects_the_models_own(tiny, monkeypatch):
+    """bias teacher_prefill "{prompt} they": the chosen answer is the best-scored continuation of the story sentence
+    and "they" (the template removed), really generated after that opening; the rejected answer is the worst of the
+    base model's own samples, and none when no own sample scores below the chosen one."""
+    bias = get_risk("bias", max_new_tokens=6, teacher_prefill="{prompt} they")
+    prompts = bias.prompts("train", 2)
+    stories = [bias.untemplated(p) for p in prompts]
+    assert stories[0] != prompts[0] and prompts[0].endswith(stories[0]) and bias.untemplated("no template") == \
+        "no template"
+    own = [[f"{stories[0]} he is kind.", f"{stories[0]} they are kind."], [f"{stories[1]} they nap."] * 2]
+    monkeypatch.setattr(bias, "generate", lambda m, t, p, n, desc=None, **kw: own)
+    seen = []
+
+    def continued(model, tokenizer, texts, cfg, chat=True, desc=None):
+        seen.extend(texts)
+        return [[" she paints.", " paints all day."] for _ in texts]
+
+    monkeypatch.setattr("risks.teachers.generate", continued)
+    teacher = bias.teacher
+    assert "prefilled with '{prompt} they'" in teacher.describe()
+    outs = teacher.respond(bias, tiny.model, tiny.tokenizer, prompts)
+    assert all(t.endswith(f"{s} they") for t, s in zip(seen, stories)) and len(seen) == 2
+    assert [o.chosen for o in outs] == [f"{s} they paints all day." for s in stories]
+    assert outs[0].rejected == own[0][0] and outs[0].rejected_safety == 0.0 and outs[1].rejected is None
+    with pytest.raises(ComposeError, match="prefill must not be empty"):
+        BestOfNTeacher(n=2, prefill=" ")
+
+
 def test_prefill_teacher(tiny):
     harm = get_risk("harm", max_new_tokens=8)
     outs = PrefillTeacher("I can't help with that.", continue_tokens=6).respond(
