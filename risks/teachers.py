@@ -99,7 +99,7 @@ class BestOfNTeacher(Teacher):
     def _ranked(chosen: list[str], chosen_scores: list[float], rejected: list[str],
                 rejected_scores: list[float]) -> TeacherOutput:
         """The highest-scored of ``chosen`` and the lowest-scored of ``rejected`` when it scores below it (ties: the
-        first sample)."""
+        first chosen and the last rejected sample)."""
         best, i = max(zip(chosen_scores, range(len(chosen))), key=lambda t: (t[0], -t[1]))
         worst, j = min(zip(rejected_scores, range(len(rejected))), key=lambda t: (t[0], -t[1]))
         if worst < best:
