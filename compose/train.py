@@ -88,6 +88,11 @@ class TrainConfig:
                 "with its two sets' mass made equal, over the answer's mean mass on the two sets under the unpatched "
                 "model: the balance, at the unpatched model's total mass on the two sets, and nothing about which "
                 "other token comes next)"})
+    balance_mass_scale: float = field(default=1.0, metadata={
+        "help": "with balance_loss mass: the two sets' total mass asked for, as a share of the unpatched model's at "
+                "each position (1: the same total; 0.5: half of it, each set a quarter). Where the teacher's answer "
+                "puts a neutral word where the unpatched model would put a gendered one (\"... and they\"), a total "
+                "held at the unpatched model's leaves the neutral word less room than the two gendered sets; in (0, 1]"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
@@ -135,6 +140,8 @@ class TrainConfig:
                              f"{self.replay_weight}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
+        if not 0 < self.balance_mass_scale <= 1:
+            raise ValueError(f"balance_mass_scale must be in (0, 1], got {self.balance_mass_scale}")
         if self.own_pairs_rounds < 1:
             raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
@@ -376,6 +383,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
                               balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
+                              balance_mass_scale=cfg.balance_mass_scale,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection, blocks=blocks,
@@ -575,7 +583,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     neither fewer gendered words (the position-wise gap's easiest way down on answers with little gendered mass)
     nor the unpatched model's answer (the counterfactual target's). With ``balance_loss="mass"`` the distributions
     are lumped into three outcomes, set a, set b and every other token: KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b))
-    / sg(m), h half the unpatched model's mass on the two sets at that position and m its mean over the answer. The
+    / sg(m), h half the unpatched model's mass on the two sets at that position (times ``balance_mass_scale``) and m
+    its mean over the answer. The
     shift loss can be lowered by lowering both sets' mass (answers with no third person in them); this target holds
     the two sets' total at the unpatched model's, and, unlike the counterfactual one, leaves the rest of the
     distribution free to follow the teacher. An example whose ``imitate`` is 0 (the patch's own answer, see
@@ -610,7 +619,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
-                 replay_reference: Reference | None = None,
+                 balance_mass_scale: float = 1.0, replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -621,6 +630,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
+        self.balance_mass_scale = balance_mass_scale
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -840,8 +850,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         one held fixed) with its answer's group's two sets balanced (``balanced_distribution``) and the patched one
         ``logp`` (0 for the answers of no group). ``lumped``: over the three outcomes set a, set b, any other token
         instead of the vocabulary, KL((h, h, 1 - 2h) || (p_a, p_b, 1 - p_a - p_b)), h half ``base``'s mass on the
-        two sets. With ``n_rows`` (the batch's rows) each answer's KL is divided by its mean mass on the two sets per
-        position under ``base``."""
+        two sets times ``balance_mass_scale``. With ``n_rows`` (the batch's rows) each answer's KL is divided by its
+        mean mass on the two sets per position under ``base``."""
         out = logp.new_zeros(logp.shape[0])
         group = balance[rows]
         for i, (a, b) in enumerate(self.balance_groups):
@@ -850,7 +860,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                 continue
             both = base[sel][:, a + b].logsumexp(-1)  # log of base's mass on the two sets
             if lumped:
-                half, rest = both - math.log(2.0), torch.log1p(-both.exp().clamp(max=1 - 1e-6))
+                total = both + math.log(self.balance_mass_scale)  # the two sets' total asked for
+                half, rest = total - math.log(2.0), torch.log1p(-total.exp().clamp(max=1 - 1e-6))
                 log_a, log_b = logp[sel][:, a].logsumexp(-1), logp[sel][:, b].logsumexp(-1)
                 log_rest = torch.log1p(-torch.logaddexp(log_a, log_b).exp().clamp(max=1 - 1e-6))
                 kl = half.exp() * (2 * half - log_a - log_b) + rest.exp() * (rest - log_rest)

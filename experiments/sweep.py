@@ -81,7 +81,8 @@ def measure(risk: str, out: Path) -> dict:
     training = json.loads((stage / "stage.json").read_text())["training"]
     # sft_own: balance_own_rounds; dpo_own: own_pairs_rounds
     stages = [training["sft"], *training.get("sft_own", []), training["dpo"], *training.get("dpo_own", [])]
-    return {"seconds": sum(s["seconds"] for s in stages), **compared(risk, base, patched)}
+    dtype = json.loads((out / "results.json").read_text()).get("compute_dtype")  # bf16 and fp32 runs differ
+    return {"seconds": sum(s["seconds"] for s in stages), "dtype": dtype, **compared(risk, base, patched)}
 
 
 def eval_sets(specs: list[str]) -> dict[str, Path]:
@@ -143,11 +144,28 @@ def measured(rows, figure: str) -> dict | None:
     return next((r for r in rows if figure in r), None)
 
 
+def bases(rows, figures, dtypes=None) -> str:
+    """The base model's figures that ``rows`` were compared with: one list, or one per compute dtype where rows
+    computed in bf16 and in fp32 (another machine) met different base-model figures."""
+    rows = list(rows)
+    dtypes = dtypes or [r.get("dtype") for r in rows]
+    groups: dict = {}
+    for row, dtype in zip(rows, dtypes):
+        groups.setdefault(dtype or "not recorded", []).append(row)
+
+    def line(group):
+        return ", ".join(f"{f} {ci(r[f]['base'])}" for f in figures if (r := measured(group, f)))
+
+    if len({line(g) for g in groups.values()}) == 1:
+        return line(rows)
+    return "; ".join(f"{line(g)} (rows computed in {dtype})" for dtype, g in groups.items())
+
+
 def summary(risk: str, rows: dict, seed: int) -> str:
     figures, target = FIGURES[risk]
     frontier = FRONTIER.get(risk)
     first = next(iter(rows.values()))
-    base = ", ".join(f"{f} {ci(r[f]['base'])}" for f in figures if (r := measured(rows.values(), f)))
+    base = bases(rows.values(), figures)
     ns = ", ".join(f"{f} n = {r[f]['patched']['n']}" for f in figures if (r := measured(rows.values(), f)))
     lines = [f"# The {risk} patch's recipe, seed {seed}", "",
              f"Single-risk {risk} patches (quick preset unless the recipe says otherwise: 16 tokens, 48 training "
@@ -156,16 +174,17 @@ def summary(risk: str, rows: dict, seed: int) -> str:
              f"bootstrap for scores). Target: {target}. Perplexity: of the patched model's answers to benign prompts "
              "under the base model, over the base model's own answers' (lower: blander or more repetitive).", "",
              "| recipe | " + " | ".join(f"{f} | p" for f in figures) + (f" | {frontier}" if frontier else "")
-             + " | answers' perplexity / base | training s |",
-             "|---|" + "---|---|" * len(figures) + ("---|" if frontier else "") + "---|---|"]
+             + " | answers' perplexity / base | training s | computed in |",
+             "|---|" + "---|---|" * len(figures) + ("---|" if frontier else "") + "---|---|---|"]
     for name, r in rows.items():
         cells = " | ".join(cell(r, f) for f in figures)
         if frontier:
             cells += f" | {sum(r[f]['patched']['value'] for f in figures):.3f}"
-        lines.append(f"| {name} | {cells} | {r['perplexity_ratio']:.2f} | {r['seconds']:.0f} |")
+        lines.append(f"| {name} | {cells} | {r['perplexity_ratio']:.2f} | {r['seconds']:.0f} | "
+                     f"{r.get('dtype') or 'not recorded'} |")
     for set_name, first_set in first.get("sets", {}).items():
         on_set = [r["sets"][set_name] for r in rows.values()]
-        base = ", ".join(f"{f} {ci(m[f]['base'])}" for f in figures if (m := measured(on_set, f)))
+        base = bases(on_set, figures, [r.get("dtype") for r in rows.values()])
         lines += ["", f"On `{set_name}` (`{first_set['file']}`, n = {first_set[figures[0]]['patched']['n']}; never "
                       f"trained on): base model {base}.", "",
                   "| recipe | " + " | ".join(f"{f} | p" for f in figures) + " | answers' perplexity / base |",

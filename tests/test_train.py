@@ -18,7 +18,9 @@ PAIRS_AS_SFT = [{"prompt": p["prompt"], "completion": p["rejected"]} for p in PA
 
 @pytest.fixture()
 def tiny():
-    return load_model("tiny-random")
+    """A fresh tiny model in float32 on every machine: ``auto`` would compute in bf16 on a CPU with native bf16, where
+    the exact-value tests' float64 references no longer agree to their tolerance."""
+    return load_model("tiny-random", dtype="fp32")
 
 
 def test_sft_then_dpo_trains_only_the_patch(tiny, tmp_path):
@@ -427,13 +429,13 @@ def test_a_balanced_distribution_moves_only_the_two_sets_mass():
         assert torch.allclose(r[:, s] / r[:, s].sum(-1, keepdim=True), q[:, s] / q[:, s].sum(-1, keepdim=True))
 
 
-def _added_by_balance_loss(tiny, tmp_path, balance_loss: str):
+def _added_by_balance_loss(tiny, tmp_path, balance_loss: str, **settings):
     """A patch's first batch of 4 flagged answers, 2 of no group and 2 retain ones, under ``balance_loss`` at weight
     2: per flagged answer, what the loss adds to its scored tokens and the patched and unpatched next-token
     probabilities there (float64, from plain forward passes); asserts the other answers get nothing added."""
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     examples = [{**e, "balance": 0} for e in SFT[:4]] + SFT[4:6] + RETAIN[:2]
-    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss=balance_loss)
+    cfg = TrainConfig(batch_size=8, balance_weight=2.0, balance_loss=balance_loss, **settings)
     trainer = make_sft_trainer(model, tiny.tokenizer, examples, cfg, str(tmp_path), balance_groups=[GROUP])
     batch = _first_batch(trainer)
     retain, balance = batch.pop("retain"), batch.pop("balance")
@@ -526,19 +528,27 @@ def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_
     assert bool((grad[0, heavy] > 0).all()) and bool((grad[0, light] < 0).all())
 
 
-def test_the_mass_equalizing_loss_is_a_three_outcome_kl_to_the_balanced_unpatched_mass(tiny, tmp_path):
+@pytest.mark.parametrize("scale", [1.0, 0.4])
+def test_the_mass_equalizing_loss_is_a_three_outcome_kl_to_the_balanced_unpatched_mass(tiny, tmp_path, scale):
     """balance_loss mass, weight w: each token of a flagged answer carries w x KL((h, h, 1 - 2h) || (p_a, p_b,
-    1 - p_a - p_b)) / m, h half the unpatched model's mass on the two sets there, m the answer's mean 2h; answers of
-    no group and retain answers are untouched."""
-    _, answers = _added_by_balance_loss(tiny, tmp_path, "mass")
+    1 - p_a - p_b)) / m, h half the unpatched model's mass on the two sets there times balance_mass_scale, m the
+    answer's mean mass on the two sets under the unpatched model; answers of no group and retain answers are
+    untouched."""
+    _, answers = _added_by_balance_loss(tiny, tmp_path, "mass", balance_mass_scale=scale)
     a, b = GROUP
     for added, patched, base in answers:
         p, q = patched.exp(), base.exp()
-        h = q[:, a + b].sum(-1) / 2
+        h = scale * q[:, a + b].sum(-1) / 2
         p_a, p_b = p[:, a].sum(-1), p[:, b].sum(-1)
         expected = (h * torch.log(h / p_a) + h * torch.log(h / p_b)
-                    + (1 - 2 * h) * torch.log((1 - 2 * h) / (1 - p_a - p_b))) / (2 * h).mean()
+                    + (1 - 2 * h) * torch.log((1 - 2 * h) / (1 - p_a - p_b))) / q[:, a + b].sum(-1).mean()
         assert torch.allclose(added, 2.0 * expected, rtol=1e-3, atol=1e-5)
+
+
+def test_a_mass_scale_outside_zero_to_one_is_refused():
+    for scale in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="balance_mass_scale must be in"):
+            TrainConfig(balance_mass_scale=scale)
 
 
 @pytest.mark.parametrize("balance_loss", ["answer", "position", "shift", "mass"])
