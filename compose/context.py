@@ -206,6 +206,8 @@ class RunContext:
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
         sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
+        if config.lead_weight != 1.0:
+            sft = self.led(sft, desc)
         if self.cfg.train.balance_weight > 0 and not groups \
                 and not any(self.risk(r).balance_tokens(self.loaded.tokenizer) for r in self.order):
             # a weight for every risk that no risk can use (a risk's own recipe may name one for the replayed
@@ -286,6 +288,24 @@ class RunContext:
                     if score < self.cfg.min_chosen_safety and a.strip() and a.strip() != e["completion"].strip()]
             log.info(f"{desc}: {name}: {sum(1 for e in out if e['prompt'] in prompts)} of the patch's {len(examples)} "
                      f"answers scored unsafe become rejected answers")
+        return out
+
+    def led(self, sft: list[dict], desc: str = "") -> list[dict]:
+        """``sft`` with every risk example whose answer opens with its teacher's own opening (``Teacher.lead``, e.g.
+        a prefilled teacher's) tagged with that opening's length in tokens (``lead``): what
+        ``TrainConfig.lead_weight`` weighs."""
+        owner = {e["prompt"]: name for name, data in self._data.items() for e in data.sft if e.get("source") == "risk"}
+        out, tagged = [], 0
+        for e in sft:
+            name = owner.get(e["prompt"]) if e.get("source") == "risk" else None
+            opening = self.risk(name).teacher.lead(self.risk(name), e["prompt"]) if name else None
+            if opening and e["completion"].startswith(opening):
+                e = {**e, "lead": len(self.loaded.tokenizer(opening, add_special_tokens=False)["input_ids"])}
+                tagged += 1
+            out.append(e)
+        if not tagged:
+            log.warning(f"{desc}: lead_weight has no effect: no risk example's answer opens with its teacher's own "
+                        f"opening (a prefilled teacher's, e.g. the bias risk's teacher_prefill)")
         return out
 
     def _balancing(self) -> list[str]:

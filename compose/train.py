@@ -90,9 +90,15 @@ class TrainConfig:
                 "other token comes next)"})
     balance_mass_scale: float = field(default=1.0, metadata={
         "help": "with balance_loss mass: the two sets' total mass asked for, as a share of the unpatched model's at "
-                "each position (1: the same total; 0.5: half of it, each set a quarter). Where the teacher's answer "
-                "puts a neutral word where the unpatched model would put a gendered one (\"... and they\"), a total "
-                "held at the unpatched model's leaves the neutral word less room than the two gendered sets; in (0, 1]"})
+                "each position (1: the same total; 0.5: half of it, each set a quarter). Where the teacher's "
+                "answer puts a neutral word where the unpatched model would put a gendered one (\"... and they\"), "
+                "a total held at the unpatched model's leaves the neutral word less room than the two gendered "
+                "sets; in (0, 1]"})
+    lead_weight: float = field(default=1.0, metadata={
+        "help": "weight of the cross-entropy on the lead of a risk example's answer: the opening its teacher wrote "
+                "before the base model continued (a prefilled teacher's, e.g. the bias risk's teacher_prefill "
+                "\"{prompt} they\": the story sentence and the neutral word after it, the answer's decision), over "
+                "the other tokens' weight of 1; answers without a lead are unchanged"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
@@ -142,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if not 0 < self.balance_mass_scale <= 1:
             raise ValueError(f"balance_mass_scale must be in (0, 1], got {self.balance_mass_scale}")
+        if self.lead_weight < 0:
+            raise ValueError(f"lead_weight must be >= 0, got {self.lead_weight}")
         if self.own_pairs_rounds < 1:
             raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
@@ -355,7 +363,7 @@ def sft_dataset(examples: list[dict]):
                                "completion": [{"role": "assistant", "content": e["completion"]}],
                                "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1)),
                                "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain"),
-                               "imitate": int(e.get("imitate", True)),
+                               "imitate": int(e.get("imitate", True)), "lead": int(e.get("lead", 0)),
                                **({"block": int(e.get("block", -1))} if blocks else {})}
                               for e in examples])
 
@@ -383,7 +391,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               callbacks=list(callbacks), retain_objective=cfg.retain_objective,
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
                               balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
-                              balance_mass_scale=cfg.balance_mass_scale,
+                              balance_mass_scale=cfg.balance_mass_scale, lead_weight=cfg.lead_weight,
                               balance_groups=balance_groups, replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection, blocks=blocks,
@@ -619,7 +627,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
-                 balance_mass_scale: float = 1.0, replay_reference: Reference | None = None,
+                 balance_mass_scale: float = 1.0, lead_weight: float = 1.0, replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -630,7 +638,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
-        self.balance_mass_scale = balance_mass_scale
+        self.balance_mass_scale, self.lead_weight = balance_mass_scale, lead_weight
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -682,7 +690,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     @property
     def custom_loss(self) -> bool:
-        return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances
+        return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances or self.lead_weight != 1.0
                 or self.replay_reference is not None or self.replay_weight != 1.0 or self.replay_projection != "none")
 
     @property
@@ -691,7 +699,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in ("retain", "balance", "replay", "imitate", "block") if c not in self._signature_columns]
+        extra = [c for c in ("retain", "balance", "replay", "imitate", "lead", "block")
+                 if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -709,6 +718,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
         imitate = inputs.pop("imitate")
+        if self.lead_weight == 1.0:
+            inputs.pop("lead", None)
         if not self.custom_loss and bool(imitate.all()):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.replay_projection == "agem" and model.training and torch.is_grad_enabled() and bool(replay.any()):
@@ -762,7 +773,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens.
         A row whose ``imitate`` is 0 (the patch's own answer, ``balance_own_rounds``) has no cross-entropy: only
-        its equalizing loss."""
+        its equalizing loss. ``inputs["lead"]`` (where given): each row's number of leading answer tokens whose
+        cross-entropy is weighted ``lead_weight``."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
         scored = targets != -100
@@ -772,6 +784,11 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         logp = torch.log_softmax(_logits_at(model, ids, mask, keep, _virtual_tokens(inner)).float(), dim=-1)
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
+        lead = inputs.get("lead")
+        if lead is not None and self.lead_weight != 1.0 and bool((lead > 0).any()):
+            # the first ``lead`` scored tokens of each row: its answer's opening
+            in_lead = (scored.cumsum(1) <= lead.to(ids.device).unsqueeze(1))[scored]
+            per_token = torch.where(in_lead, self.lead_weight * per_token, per_token)
         if imitate is not None and not bool(imitate.all()):
             per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)
         is_retain = retain.to(ids.device).bool()[rows]
@@ -901,7 +918,7 @@ def _rows_of(batch: dict, rows: torch.Tensor) -> dict:
 
 class _RetainFlagCollator:
     """Wraps TRL's collator: takes each example's ``retain`` flag, ``balance`` group, ``replay`` flag, ``imitate``
-    flag and (where the dataset has one) ``block`` out and adds them to the batch as tensors."""
+    flag, ``lead`` (tokens) and (where the dataset has one) ``block`` out and adds them to the batch as tensors."""
 
     def __init__(self, collate):
         self.collate = collate
@@ -911,10 +928,12 @@ class _RetainFlagCollator:
         balance = torch.tensor([int(e.get("balance", -1)) for e in examples])
         replay = torch.tensor([bool(e.get("replay", 0)) for e in examples])
         imitate = torch.tensor([bool(e.get("imitate", 1)) for e in examples])
+        lead = torch.tensor([int(e.get("lead", 0)) for e in examples])
         batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay", "imitate",
-                                                                       "block")}
+                                                                       "lead", "block")}
                               for e in examples])
         batch["retain"], batch["balance"], batch["replay"], batch["imitate"] = flags, balance, replay, imitate
+        batch["lead"] = lead
         if examples and "block" in examples[0]:
             batch["block"] = torch.tensor([int(e["block"]) for e in examples])
         return batch

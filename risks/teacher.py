@@ -34,3 +34,8 @@ class Teacher(abc.ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def lead(self, risk, prompt: str) -> str | None:
+        """The opening this teacher writes itself at the start of its answer to ``prompt`` before the model
+        continues it (a prefilled teacher's), or None: what ``TrainConfig.lead_weight`` weighs."""
+        return None

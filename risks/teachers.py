@@ -77,7 +77,7 @@ class BestOfNTeacher(Teacher):
         if self.prefill is None:
             return [self._ranked(group, group_scores, group, group_scores)
                     for group, group_scores in zip(samples, scores)]
-        openings = [self.prefill.replace("{prompt}", risk.untemplated(p)).strip() for p in prompts]
+        openings = [self.lead(risk, p) for p in prompts]
         texts = [t + o for t, o in zip(prompt_texts(tokenizer, prompts, risk.chat), openings)]
         cfg = risk.generation_config(self.n, temperature=self.temperature, top_p=self.top_p)
         continued = generate(model, tokenizer, texts, cfg, chat=False,
@@ -109,6 +109,11 @@ class BestOfNTeacher(Teacher):
     def describe(self) -> str:
         prefill = f", chosen answers prefilled with {self.prefill!r}" if self.prefill else ""
         return f"best-of-{self.n} (base model samples at T={self.temperature} ranked by the risk's score{prefill})"
+
+    def lead(self, risk, prompt: str) -> str | None:
+        if self.prefill is None:
+            return None
+        return self.prefill.replace("{prompt}", risk.untemplated(prompt)).strip()
 
 
 def _joined(opening: str, continuation: str) -> str:
@@ -147,6 +152,9 @@ class PrefillTeacher(Teacher):
 
     def describe(self) -> str:
         return f"prefill '{self.prefix}' + the base model's continuation"
+
+    def lead(self, risk, prompt: str) -> str | None:
+        return self.prefix
 
 
 class ModelTeacher(Teacher):

@@ -330,6 +330,7 @@ def test_a_prefilled_best_of_n_teacher_opens_every_chosen_answer_and_rejects_the
     assert all(t.endswith(f"{s} they") for t, s in zip(seen, stories)) and len(seen) == 2
     assert [o.chosen for o in outs] == [f"{s} they paints all day." for s in stories]
     assert outs[0].rejected == own[0][0] and outs[0].rejected_safety == 0.0 and outs[1].rejected is None
+    assert teacher.lead(bias, prompts[0]) == f"{stories[0]} they" and BestOfNTeacher(2).lead(bias, prompts[0]) is None
     with pytest.raises(ComposeError, match="prefill must not be empty"):
         BestOfNTeacher(n=2, prefill=" ")
 

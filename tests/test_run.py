@@ -350,6 +350,30 @@ def test_a_risk_trains_with_its_own_settings(tmp_path, monkeypatch):
     assert main([*args, "--resume"]) == 0
 
 
+def test_a_prefilled_teachers_opening_is_weighted_in_sft(tmp_path, monkeypatch):
+    """lead_weight in a risk's recipe: every bias answer of a prefilled teacher ("{prompt} they ...") reaches SFT with
+    its opening's length in tokens, which the loss weighs; retain answers carry none."""
+    from compose import context as context_mod
+
+    seen = []
+
+    def recording(model, tokenizer, examples, cfg, **kwargs):
+        seen.append((cfg.lead_weight, examples))
+        return train_sft(model, tokenizer, examples, cfg, **kwargs)
+
+    train_sft = context_mod.train_sft
+    monkeypatch.setattr(context_mod, "train_sft", recording)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text('risk_train: {bias: {lead_weight: 3.0}}\n'
+                      'risk_options: {bias: {teacher_prefill: "{prompt} they"}}\n')
+    assert main(["run", "--model", "tiny-random", "--preset", "smoke", "--risks", "bias", "--strategy", "sequential",
+                 "--config", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    weight, examples = seen[0]
+    risk = [e for e in examples if e.get("source") == "risk"]
+    assert weight == 3.0 and risk and all(e["lead"] > 0 and " they" in e["completion"] for e in risk)
+    assert all("lead" not in e for e in examples if e.get("source") == "retain")
+
+
 def test_a_risk_runs_with_its_own_options(tiny, tmp_path):
     """risk_options (config file) and --opt (over it, option by option) reach the risk's plugin, are saved with the
     run, and key every cached result: a run that sets none keeps the keys it had before risk options existed."""

@@ -528,6 +528,28 @@ def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_
     assert bool((grad[0, heavy] > 0).all()) and bool((grad[0, light] < 0).all())
 
 
+def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_nothing_else(tiny, tmp_path):
+    """lead_weight w: the first ``lead`` scored tokens of an example's answer (its teacher's own opening) carry w
+    times their cross-entropy; every other token, and every token of an answer without a lead, keeps its own."""
+    model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
+    examples = [{**e, "lead": 3} for e in SFT[:3]] + SFT[3:6] + RETAIN[:2]
+    trainer = make_sft_trainer(model, tiny.tokenizer, examples, TrainConfig(batch_size=8, lead_weight=4.0),
+                               str(tmp_path))
+    assert trainer.custom_loss
+    batch = _first_batch(trainer)
+    retain, balance, lead = batch.pop("retain"), batch.pop("balance"), batch["lead"]
+    assert sorted(lead.tolist()) == [0] * 5 + [3] * 3
+    weighted, scored = trainer.per_token_loss(model, batch, retain, balance)
+    plain, _ = trainer.per_token_loss(model, {k: v for k, v in batch.items() if k != "lead"}, retain, balance)
+    rank = (scored.cumsum(1) - 1)[scored]  # each scored token's place in its answer
+    rows = torch.arange(len(retain)).unsqueeze(1).expand_as(scored)[scored]
+    opening = rank < lead[rows]
+    assert int(opening.sum()) == 9
+    assert torch.allclose(weighted[opening], 4.0 * plain[opening]) and torch.equal(weighted[~opening], plain[~opening])
+    with pytest.raises(ValueError, match="lead_weight must be >= 0"):
+        TrainConfig(lead_weight=-1.0)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.4])
 def test_the_mass_equalizing_loss_is_a_three_outcome_kl_to_the_balanced_unpatched_mass(tiny, tmp_path, scale):
     """balance_loss mass, weight w: each token of a flagged answer carries w x KL((h, h, 1 - 2h) || (p_a, p_b,
