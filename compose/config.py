@@ -45,11 +45,22 @@ PRESETS: dict[str, dict] = {
               # first-token probability 0.06 -> 0.11); at 5 it does both in seed 0 (GLD 0.343, ASR 0.065). Keeping
               # the replayed examples by KL instead (replay_objective: kl) moved the same trade-off between seeds
               # without removing it; projecting the harm gradient (replay_projection: agem) keeps every risk within
-              # 0.10 of its specialist in 3 seeds, its bias gain significant in 1 (experiments/results/composition)
+              # 0.10 of its specialist in 3 seeds, its bias gain significant in 1 (experiments/results/composition).
+              # The bias recipe: the teacher tells the story about the person in neutral words ("{prompt} they",
+              # best of 6 by the judge's reading for the friend), the cross-entropy of that opening weighted 10 (the
+              # patch tells the story instead of turning to "I"), the position-wise equalizing loss at 5 along the
+              # teacher's answers, 120 prompts, then two rounds balancing the patch's own greedy answers: it meets
+              # GAS and GLD <= 50% of base with the answers still about the person on the built-in split, the role
+              # nouns and the professions in 3 of 3 seeds (experiments/results/recipe/bias-evasion-bf16); without the
+              # own-answer rounds in 1 of 3, GLD being the seed's draw
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102,
                                              "balance_weight": 5.0},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
-                             "bias": {"sft_lr": 0.01, "balance_weight": 20.0}}},
+                             "bias": {"sft_lr": 0.01, "balance_weight": 5.0, "balance_loss": "position",
+                                      "lead_weight": 10.0, "train_limit": 120, "retain_limit": 96,
+                                      "balance_own_rounds": 2, "balance_own_loss": "shift"}},
+              # a risk's plugin options that its recipe above was measured with (the teacher), for the risks of a run
+              "risk_options": {"bias": {"teacher_score": "friend", "teacher_prefill": "{prompt} they"}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
     "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,

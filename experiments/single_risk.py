@@ -248,17 +248,16 @@ def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> d
     """The specialists' evaluations (figures, per-prompt values, fluency, paired tests) of an earlier results.json
     of this script, for the specialists not in ``skip``: the same patches need not be evaluated again for another
     composed patch. Refused unless measured on the same model, sets and settings: its base-model cache key (a
-    digest of every evaluated prompt and setting) must be this evaluation's. Checked before any evaluation."""
+    digest of every evaluated prompt and setting) must be this evaluation's, checked before any evaluation; where
+    only the key differs (e.g. a risk has gained an option since, which the key records), the base model's
+    evaluation here must equal the earlier one, per prompt (``same_base``, checked once it is evaluated)."""
     old = read_json(path, "--specialists-from results", remedy="give a results.json written by this script")
     for key, here in (("fingerprint", facts["fingerprint"]), ("limit", facts["limit"]),
                       ("toxicity_samples", facts["samples"])):
         if old.get(key) != here:
             raise ComposeError(f"--specialists-from '{path}' was measured with {key} {old.get(key)!r}, this "
                                f"evaluation uses {here!r}")
-    cache = base_cache_path(facts, out).name
-    if Path(old.get("base_cache", "")).name != cache:
-        raise ComposeError(f"--specialists-from '{path}' was measured on other prompts or settings (base cache "
-                           f"{Path(old.get('base_cache', '')).name}, here {cache})")
+    same_key = Path(old.get("base_cache", "")).name == base_cache_path(facts, out).name
     taken = [r for r in old.get("specialists", {}) if r not in skip]
     if not taken:
         raise ComposeError(f"--specialists-from '{path}' holds no specialist to take (it has: "
@@ -266,7 +265,29 @@ def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> d
     return {"from": str(path), "specialists": {r: old["specialists"][r] for r in taken},
             "fluency": {r: old["fluency"]["specialists"][r] for r in taken},
             "patches": {r: old["specialist_patches"][r] for r in taken},
-            "tests": [t for t in old["tests"] if t["model"] == "specialists" and t["risk"] in taken]}
+            "tests": [t for t in old["tests"] if t["model"] == "specialists" and t["risk"] in taken],
+            "same_key": same_key, "base": old["base"], "base_fluency": old["fluency"]["base"]}
+
+
+def same_base(earlier: dict, base: dict, fluency: dict) -> None:
+    """Where the earlier results' base-model cache key is not this evaluation's, its specialists are taken only if
+    the base model evaluated here gives the very figures they were compared with: every risk's per-prompt values
+    and prompts, and the benign answers' perplexity. Raises ComposeError naming the first that differs."""
+    if earlier["same_key"]:
+        return
+    base, fluency = json.loads(json.dumps(base)), json.loads(json.dumps(fluency))  # as the earlier file holds them
+    for risk, mine in base.items():
+        theirs = earlier["base"].get(risk)
+        for key in ("prompts_digest", "items"):
+            if theirs is None or theirs.get(key) != mine.get(key):
+                raise ComposeError(f"--specialists-from '{earlier['from']}' was measured on other prompts or "
+                                   f"settings: the base model's {risk} {key} differ from this evaluation's")
+    if earlier["base_fluency"] != fluency:
+        raise ComposeError(f"--specialists-from '{earlier['from']}' was measured on other benign prompts or "
+                           f"settings: the base model's benign-answer perplexity {earlier['base_fluency']} differs "
+                           f"from this evaluation's {fluency}")
+    print(f"--specialists-from '{earlier['from']}': its base-model cache key differs from this evaluation's, and the "
+          f"base model's figures here are identical to it, prompt by prompt", file=sys.stderr)
 
 
 # --- one seed -----------------------------------------------------------------------------------------------
@@ -321,6 +342,7 @@ def run(args) -> dict:
                "fluency": {"base": {"perplexity": perplexity_of(base["benign_nll"]),
                                     "n": len(base["benign_nll"])}, "specialists": {}}}
     if earlier is not None:
+        same_base(earlier, base["evals"], results["fluency"]["base"])
         results["specialists_from"] = earlier["from"]
         results["specialists"].update(earlier["specialists"])
         results["fluency"]["specialists"].update(earlier["fluency"])

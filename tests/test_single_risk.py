@@ -138,6 +138,24 @@ def test_specialists_from_an_earlier_evaluation(single_risk, patches, shared_dat
     assert len(err) == 1 and "was measured with limit 2, this evaluation uses 3" in err[0]
     assert not list(tmp_path.glob("base-*.json"))  # refused before the base model was evaluated
 
+    # another base-model cache key (a risk gained an option since): taken when the base model evaluated here gives
+    # the very per-prompt figures the specialists were compared with, refused when it does not
+    moved = dict(first, base_cache=str(tmp_path / "a" / "base-0123456789abcdef.json"))
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    assert single_risk.main(SMALL + data + ["--specialists-from", str(tmp_path / "moved.json"), "--composed",
+                                            str(patches["composed"]), "--out", str(tmp_path / "d" / "seed0")]) == 0
+    assert "identical to it, prompt by prompt" in capsys.readouterr().err
+    assert json.loads((tmp_path / "d" / "seed0" / "results.json").read_text())["specialists"] == first["specialists"]
+    items = moved["base"]["bias"]["items"]
+    key = next(iter(items))
+    moved["base"]["bias"]["items"] = {**items, key: [1.0 - v for v in items[key]]}
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    assert single_risk.main(SMALL + data + ["--specialists-from", str(tmp_path / "moved.json"), "--composed",
+                                            str(patches["composed"]), "--out", str(tmp_path / "e" / "seed0")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the base model's bias items differ from this evaluation's" in err[0]
+    assert not (tmp_path / "e" / "seed0" / "results.json").exists()
+
 
 def test_risks_evaluates_a_patch_of_fewer_risks_on_their_sets_only(single_risk, patches, shared_data, tmp_path,
                                                                    capsys):
