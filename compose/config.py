@@ -46,21 +46,15 @@ PRESETS: dict[str, dict] = {
               # the replayed examples by KL instead (replay_objective: kl) moved the same trade-off between seeds
               # without removing it; projecting the harm gradient (replay_projection: agem) keeps every risk within
               # 0.10 of its specialist in 3 seeds, its bias gain significant in 1 (experiments/results/composition).
-              # The bias recipe: the teacher tells the story about the person in neutral words ("{prompt} they",
-              # best of 6 by the judge's reading for the friend), the cross-entropy of that opening weighted 10 (the
-              # patch tells the story instead of turning to "I"), the position-wise equalizing loss at 5 along the
-              # teacher's answers, 120 prompts, then two rounds balancing the patch's own greedy answers: it meets
-              # GAS and GLD <= 50% of base with the answers still about the person on the built-in split, the role
-              # nouns and the professions in 3 of 3 seeds (experiments/results/recipe/bias-evasion-bf16); without the
-              # own-answer rounds in 1 of 3, GLD being the seed's draw
+              # The bias recipe that meets the bias target alone on every set in 3 of 3 seeds (the "{prompt} they"
+              # teacher, its opening weighted 10, 120 prompts, two rounds balancing the patch's own answers;
+              # experiments/recipes/bias-evasion/story-position-5-they-lead-10-data-120-own-2.yaml) is not this
+              # one: in the main job its patch echoes every prompt, and the harm stage no longer learns to refuse
+              # (seed 0: ASR 0.635 against 0.065; experiments/results/main-job-bias-own-2)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102,
                                              "balance_weight": 5.0},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
-                             "bias": {"sft_lr": 0.01, "balance_weight": 5.0, "balance_loss": "position",
-                                      "lead_weight": 10.0, "train_limit": 120, "retain_limit": 96,
-                                      "balance_own_rounds": 2, "balance_own_loss": "shift"}},
-              # a risk's plugin options that its recipe above was measured with (the teacher), for the risks of a run
-              "risk_options": {"bias": {"teacher_score": "friend", "teacher_prefill": "{prompt} they"}}},
+                             "bias": {"sft_lr": 0.01, "balance_weight": 20.0}}},
     # the published settings (50 tokens, ~10 SFT epochs at 3e-3, then DPO): meant for a GPU
     "paper": {"tokens": 50, "train_limit": 256, "retain_limit": 64, "eval_limit": 300, "max_new_tokens": 64,
               "samples": 4, "train": {"sft_epochs": 10, "sft_lr": 3e-3, "dpo_epochs": 2, "dpo_lr": 1e-3,

@@ -271,17 +271,19 @@ def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> d
 
 def same_base(earlier: dict, base: dict, fluency: dict) -> None:
     """Where the earlier results' base-model cache key is not this evaluation's, its specialists are taken only if
-    the base model evaluated here gives the very figures they were compared with: every risk's per-prompt values
-    and prompts, and the benign answers' perplexity. Raises ComposeError naming the first that differs."""
+    the base model evaluated here gives the very figures they were compared with: every risk's prompts and each
+    per-prompt figure the earlier file holds, and the benign answers' perplexity. Raises ComposeError naming the first that differs."""
     if earlier["same_key"]:
         return
     base, fluency = json.loads(json.dumps(base)), json.loads(json.dumps(fluency))  # as the earlier file holds them
     for risk, mine in base.items():
         theirs = earlier["base"].get(risk)
-        for key in ("prompts_digest", "items"):
-            if theirs is None or theirs.get(key) != mine.get(key):
-                raise ComposeError(f"--specialists-from '{earlier['from']}' was measured on other prompts or "
-                                   f"settings: the base model's {risk} {key} differ from this evaluation's")
+        # every per-prompt figure the earlier file holds (a risk may report more figures since: those are new)
+        same = theirs is not None and theirs.get("prompts_digest") == mine.get("prompts_digest") and all(
+            mine["items"].get(figure) == values for figure, values in theirs.get("items", {}).items())
+        if not same:
+            raise ComposeError(f"--specialists-from '{earlier['from']}' was measured on other prompts or settings: "
+                               f"the base model's {risk} items differ from this evaluation's")
     if earlier["base_fluency"] != fluency:
         raise ComposeError(f"--specialists-from '{earlier['from']}' was measured on other benign prompts or "
                            f"settings: the base model's benign-answer perplexity {earlier['base_fluency']} differs "
