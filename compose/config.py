@@ -50,7 +50,8 @@ PRESETS: dict[str, dict] = {
               # teacher, its opening weighted 10, 120 prompts, two rounds balancing the patch's own answers;
               # experiments/recipes/bias-evasion/story-position-5-they-lead-10-data-120-own-2.yaml) is not this
               # one: in the main job its patch echoes every prompt, and the harm stage no longer learns to refuse
-              # (seed 0: ASR 0.635 against 0.065; experiments/results/main-job-bias-own-2)
+              # (seed 0: ASR 0.635 against 0.065); trained last, it raises the toxic rate to 0.225, and a toxicity
+              # stage after it takes back harm and bias (experiments/results/main-job-bias-own-2)
               "risk_train": {"harmfulness": {"sft_lr": 0.03, "sft_epochs": 4, "train_limit": 120, "retain_limit": 102,
                                              "balance_weight": 5.0},
                              "toxicity": {"dpo_lr": 0.01, "dpo_epochs": 3},
