@@ -272,7 +272,8 @@ def earlier_specialists(path: Path, facts: dict, out: Path, skip: set[str]) -> d
 def same_base(earlier: dict, base: dict, fluency: dict) -> None:
     """Where the earlier results' base-model cache key is not this evaluation's, its specialists are taken only if
     the base model evaluated here gives the very figures they were compared with: every risk's prompts and each
-    per-prompt figure the earlier file holds, and the benign answers' perplexity. Raises ComposeError naming the first that differs."""
+    per-prompt figure the earlier file holds, and the benign answers' perplexity. Raises ComposeError naming the
+    first that differs."""
     if earlier["same_key"]:
         return
     base, fluency = json.loads(json.dumps(base)), json.loads(json.dumps(fluency))  # as the earlier file holds them

@@ -397,20 +397,6 @@ def test_a_risk_runs_with_its_own_options(tiny, tmp_path):
     assert "best-of-3" in data["bias"]["stats"]["teacher"] and "best-of-3" not in data["toxicity"]["stats"]["teacher"]
 
 
-def test_a_presets_risk_options_apply_to_its_risks_under_the_users(monkeypatch):
-    """A preset's risk_options (the teacher its recipe for a risk was measured with) reach that risk when it is in
-    the run, under the config file's and --opt's, option by option; a run without that risk is not refused."""
-    smoke = {**config_mod.PRESETS["smoke"], "risk_options": {"bias": {"teacher_n": 3, "teacher_score": "friend"}}}
-    monkeypatch.setitem(config_mod.PRESETS, "smoke", smoke)
-    assert resolve(preset="smoke", risks="tox,bias").risk_options == {"bias": {"teacher_n": 3,
-                                                                              "teacher_score": "friend"}}
-    mine = resolve(preset="smoke", risks="bias", file={"risk_options": {"bias": {"teacher_n": 5}}},
-                   risk_options={"bias": {"teacher_score": "story"}})
-    assert mine.risk_options == {"bias": {"teacher_n": 5, "teacher_score": "story"}}
-    assert resolve(preset="smoke", risks="tox").risk_options == {}
-    assert run_mod.run_risks(resolve(preset="smoke", risks="bias"))["bias"].options["teacher_n"] == 3
-
-
 def test_an_equalizing_weight_without_token_sets_says_it_does_nothing(tmp_path, caplog, monkeypatch):
     """balance_weight for every risk in a run with no risk naming token sets to balance: a warning, and plain SFT;
     a risk's own recipe's weight (meant for the replayed examples of the bias risk) stays silent."""

@@ -170,8 +170,7 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
     data = merged.get("data") or {}
     data = {get_risk(r).name: splits for r, splits in data.items()}
     constraints = canonical_constraints(merged.get("constraints") or {})
-    risk_options = resolve_risk_options(risks, file.get("risk_options") or {}, flags.get("risk_options") or {},
-                                        preset.get("risk_options") or {})
+    risk_options = resolve_risk_options(risks, file.get("risk_options") or {}, flags.get("risk_options") or {})
     fields = {k: merged[k] for k in valid if k in merged and k not in ("train", "risks", "tokens", "data",
                                                                          "constraints", "risk_train", "risk_options")}
     try:
@@ -185,14 +184,10 @@ def resolve(file: dict | None = None, options: dict | None = None, **flags) -> R
 RUN_RISK_OPTIONS = ("samples", "max_new_tokens", "seed")
 
 
-def resolve_risk_options(risks: list[str], file: dict, flags: dict, preset: dict | None = None) -> dict[str, dict]:
-    """Per-risk plugin options by canonical risk name: the preset's (for the risks of the run: e.g. the teacher its
-    recipe for that risk was measured with), the config file's ``risk_options`` on top, then ``--opt`` (per
-    option). Each given one must be an option of that risk, of its type, for a risk of the run."""
+def resolve_risk_options(risks: list[str], file: dict, flags: dict) -> dict[str, dict]:
+    """Per-risk plugin options by canonical risk name: the config file's ``risk_options``, then ``--opt`` on top
+    (per option). Each must be an option of that risk, of its type, for a risk of the run."""
     out: dict[str, dict] = {}
-    for name, values in (preset or {}).items():
-        if risk_class(name).name in risks:
-            out[risk_class(name).name] = dict(values)
     for source, where in ((file, "risk_options"), (flags, "--opt")):
         for name, values in source.items():
             cls = risk_class(name)
