@@ -99,6 +99,10 @@ class TrainConfig:
                 "before the base model continued (a prefilled teacher's, e.g. the bias risk's teacher_prefill "
                 "\"{prompt} they\": the story sentence and the neutral word after it, the answer's decision), over "
                 "the other tokens' weight of 1; answers without a lead are unchanged"})
+    lead_tokens: int = field(default=0, metadata={
+        "help": "with lead_weight: how many of the lead's last tokens carry it (0: the whole lead). 1 weighs only the "
+                "decision itself (\"they\" of \"{prompt} they\"), not the story sentence the teacher echoes before it, "
+                "which a patch that learns it heavily echoes for every prompt, the other risks' too"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
@@ -150,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"balance_mass_scale must be in (0, 1], got {self.balance_mass_scale}")
         if self.lead_weight < 0:
             raise ValueError(f"lead_weight must be >= 0, got {self.lead_weight}")
+        if self.lead_tokens < 0:
+            raise ValueError(f"lead_tokens must be >= 0, got {self.lead_tokens}")
         if self.own_pairs_rounds < 1:
             raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
@@ -392,7 +398,8 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
                               balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
                               balance_mass_scale=cfg.balance_mass_scale, lead_weight=cfg.lead_weight,
-                              balance_groups=balance_groups, replay_weight=cfg.replay_weight,
+                              lead_tokens=cfg.lead_tokens, balance_groups=balance_groups,
+                              replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection, blocks=blocks,
                               own_gradients=cfg.block_gradients == "own", seed=cfg.seed)
@@ -627,7 +634,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
-                 balance_mass_scale: float = 1.0, lead_weight: float = 1.0, replay_reference: Reference | None = None,
+                 balance_mass_scale: float = 1.0, lead_weight: float = 1.0, lead_tokens: int = 0,
+                 replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -638,7 +646,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.retain_objective, self.retain_weight = retain_objective, retain_weight
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
-        self.balance_mass_scale, self.lead_weight = balance_mass_scale, lead_weight
+        self.balance_mass_scale, self.lead_weight, self.lead_tokens = balance_mass_scale, lead_weight, lead_tokens
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -774,7 +782,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens.
         A row whose ``imitate`` is 0 (the patch's own answer, ``balance_own_rounds``) has no cross-entropy: only
         its equalizing loss. ``inputs["lead"]`` (where given): each row's number of leading answer tokens whose
-        cross-entropy is weighted ``lead_weight``."""
+        cross-entropy is weighted ``lead_weight`` (the last ``lead_tokens`` of them, where that is set)."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
         scored = targets != -100
@@ -786,8 +794,12 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         lead = inputs.get("lead")
         if lead is not None and self.lead_weight != 1.0 and bool((lead > 0).any()):
-            # the first ``lead`` scored tokens of each row: its answer's opening
-            in_lead = (scored.cumsum(1) <= lead.to(ids.device).unsqueeze(1))[scored]
+            # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them)
+            place, lead = scored.cumsum(1), lead.to(ids.device).unsqueeze(1)
+            in_lead = place <= lead
+            if self.lead_tokens:
+                in_lead &= place > lead - self.lead_tokens
+            in_lead = in_lead[scored]
             per_token = torch.where(in_lead, self.lead_weight * per_token, per_token)
         if imitate is not None and not bool(imitate.all()):
             per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)

@@ -530,7 +530,8 @@ def test_the_shift_equalizing_loss_is_kl_to_the_patch_itself_balanced(tiny, tmp_
 
 def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_nothing_else(tiny, tmp_path):
     """lead_weight w: the first ``lead`` scored tokens of an example's answer (its teacher's own opening) carry w
-    times their cross-entropy; every other token, and every token of an answer without a lead, keeps its own."""
+    times their cross-entropy; every other token, and every token of an answer without a lead, keeps its own. With
+    lead_tokens k only the opening's last k tokens carry it."""
     model = attach_patch(tiny.model, tiny.tokenizer, num_tokens=4, init_text="quick brown fox")
     examples = [{**e, "lead": 3} for e in SFT[:3]] + SFT[3:6] + RETAIN[:2]
     trainer = make_sft_trainer(model, tiny.tokenizer, examples, TrainConfig(batch_size=8, lead_weight=4.0),
@@ -546,8 +547,15 @@ def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_noth
     opening = rank < lead[rows]
     assert int(opening.sum()) == 9
     assert torch.allclose(weighted[opening], 4.0 * plain[opening]) and torch.equal(weighted[~opening], plain[~opening])
+    trainer.lead_tokens = 1  # only the opening's last token (the decision, "they" of "{prompt} they")
+    last, _ = trainer.per_token_loss(model, batch, retain, balance)
+    decision = rank == lead[rows] - 1
+    assert int(decision.sum()) == 3
+    assert torch.allclose(last[decision], 4.0 * plain[decision]) and torch.equal(last[~decision], plain[~decision])
     with pytest.raises(ValueError, match="lead_weight must be >= 0"):
         TrainConfig(lead_weight=-1.0)
+    with pytest.raises(ValueError, match="lead_tokens must be >= 0"):
+        TrainConfig(lead_tokens=-1)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.4])
