@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import logging
+import random
 import resource
 import shutil
 import time
@@ -30,7 +31,7 @@ from compose.forgetting import ForgettingMatrix
 from compose.io import atomic_write_json
 from compose.models import cache_dir
 from compose.patch import Segment, attach_patch, get_prompt, set_prompt
-from compose.schema import STAGE, read_checked, read_evals
+from compose.schema import STAGE, Field, read_checked, read_evals
 from compose.train import DecisionProbe, Reference, train_dpo, train_sft
 
 log = logging.getLogger("compose.run")
@@ -290,6 +291,40 @@ class RunContext:
                      f"answers scored unsafe become rejected answers")
         return out
 
+    def fresh_replay(self, model, earlier: list[str], index: int, name: str, risks: list[str]) -> list[dict]:
+        """Stage ``index``'s (0-based) examples of ``TrainConfig.replay_fresh``: per risk of ``earlier``, that many
+        prompts of its training split that its data does not hold (a seeded sample), with ``model``'s greedy answers
+        (the patch as the stage begins), tagged ``replay_of`` and ``fresh``. Written into the run folder's data, so
+        a resumed stage replays the same answers."""
+        n = self.cfg.train_for(risks).replay_fresh
+        if n > 0 and index > 0 and not earlier:
+            log.warning(f"stage {index + 1} {name}: replay_fresh={n} has no effect: this strategy replays nothing "
+                        f"(sequential-replay and stacked do)")
+        if n <= 0 or not earlier:
+            return []
+        path = self.out_dir / "data" / f"fresh-{index + 1:02d}-{name}.json"
+        if path.is_file():
+            d = read_checked(path, {"examples": Field("list")}, "fresh replay", "delete it to answer them again")
+            return d["examples"]
+        out = []
+        for risk in earlier:
+            trained = {e["prompt"] for e in self.data(risk).sft} | {p["prompt"] for p in self.data(risk).pairs}
+            unused = [p for p in self.risk(risk).prompts("train") if p not in trained]
+            prompts = random.Random(f"{self.cfg.seed}:{index}:{risk}").sample(unused, min(n, len(unused)))
+            if len(prompts) < n:
+                log.warning(f"stage {index + 1} {name}: replay_fresh={n} but {risk} has only {len(unused)} training "
+                            f"prompts that no stage trained on")
+            if not prompts:
+                continue
+            answers = self.risk(risk).respond(model, self.loaded.tokenizer, prompts,
+                                              desc=f"stage {index + 1} {name}: fresh {risk} prompts")
+            out += [{"prompt": p, "completion": a, "source": "risk", "replay_of": risk, "fresh": True}
+                    for p, a in zip(prompts, answers) if a.strip()]
+        distributed.on_main(atomic_write_json, path, {"examples": out})
+        log.info(f"stage {index + 1} {name}: {len(out)} fresh prompts of {', '.join(earlier)} answered by the patch "
+                 f"as the stage begins, replayed")
+        return out
+
     def led(self, sft: list[dict], desc: str = "") -> list[dict]:
         """``sft`` with every risk example whose answer opens with its teacher's own opening (``Teacher.lead``, e.g.
         a prefilled teacher's) tagged with that opening's length in tokens (``lead``): what
@@ -297,7 +332,8 @@ class RunContext:
         owner = {e["prompt"]: name for name, data in self._data.items() for e in data.sft if e.get("source") == "risk"}
         out, tagged = [], 0
         for e in sft:
-            name = owner.get(e["prompt"]) if e.get("source") == "risk" else None
+            name = (owner.get(e["prompt"]) or (e["replay_of"] if e.get("fresh") else None)) \
+                if e.get("source") == "risk" else None
             opening = self.risk(name).teacher.lead(self.risk(name), e["prompt"]) if name else None
             if opening and e["completion"].startswith(opening):
                 e = {**e, "lead": len(self.loaded.tokenizer(opening, add_special_tokens=False)["input_ids"])}
@@ -315,12 +351,18 @@ class RunContext:
     def balanced(self, sft: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]]]:
         """``sft`` with every risk example of a risk that names token sets to balance (``Risk.balance_tokens``)
         flagged with its group's index, and those groups: what the equalizing loss needs."""
-        groups, owner = [], {}
+        groups, owner, fresh = [], {}, {}
         for name in self._balancing():
             owner.update({e["prompt"]: len(groups) for e in self._data[name].sft if e.get("source") == "risk"})
+            fresh[name] = len(groups)
             groups.append(self.risk(name).balance_tokens(self.loaded.tokenizer))
-        tagged = [{**e, "balance": owner[e["prompt"]]} if e.get("source") == "risk" and e["prompt"] in owner else e
-                  for e in sft]
+
+        def group(e):  # a risk example of a balancing risk, or a fresh replayed one of such a risk (fresh_replay)
+            if e.get("source") != "risk":
+                return None
+            return fresh.get(e.get("replay_of")) if e.get("fresh") else owner.get(e["prompt"])
+
+        tagged = [{**e, "balance": group(e)} if group(e) is not None else e for e in sft]
         if not any("balance" in e for e in tagged):  # no such risk's example in this stage: plain SFT
             return sft, []
         return tagged, groups
@@ -425,7 +467,7 @@ class RunContext:
 def held_back(sft: list[dict], n: int, source: str = "risk") -> list[dict]:
     """The last ``n`` examples of ``source`` in ``sft`` (at most a fifth of them), kept out of training to be
     watched."""
-    examples = [e for e in sft if e.get("source") == source]
+    examples = [e for e in sft if e.get("source") == source and not e.get("fresh")]
     return examples[len(examples) - min(n, len(examples) // 5):] if n > 0 else []
 
 

@@ -155,6 +155,11 @@ class Replay:
             return self.buffer.mix(sft, pairs, share=self.share, seed=self.seed + index)
         return sft, pairs
 
+    @property
+    def risks(self) -> list[str]:
+        """The risks replayed so far, in training order (none without replay)."""
+        return self.buffer.risks
+
     def add(self, risk: str, data) -> None:
         """Store ``data`` (``TrainingData``: ``sft`` and ``pairs``) of a trained risk."""
         if self.share > 0:

@@ -116,6 +116,7 @@ class Strategy:
                        for r in plan.risks for e in ctx.data(r).sft]
                 pairs = [p for r in plan.risks for p in ctx.data(r).pairs]
                 sft, pairs = replay.mix(index, sft, pairs)
+                sft = sft + ctx.fresh_replay(plan.model, replay.risks, index, plan.name, plan.risks)
                 training = ctx.train(plan.model, sft, pairs, reference=plan.reference, frozen_rows=plan.frozen_rows,
                                      desc=plan.desc or f"stage {index + 1} {plan.name}", risks=plan.risks,
                                      subsets=plan.subsets)

@@ -67,6 +67,13 @@ class TrainConfig:
                 "loss (their dot product is negative), that component is removed before the step (A-GEM, Chaudhry "
                 "et al. 2019), so a stage learns its risk in directions that do not undo the earlier ones; the "
                 "replayed examples' own gradient is added as usual (one process only)"})
+    replay_fresh: int = field(default=0, metadata={
+        "help": "with replay (sequential-replay, stacked): per earlier risk, this many prompts of its training split "
+                "that no stage trained on, answered greedily by the patch as this stage begins (as the risk is "
+                "evaluated), added to the replayed examples: the stage keeps what the earlier stages made of prompts "
+                "beyond the ones they learned (self-distillation on fresh prompts), where replaying their own "
+                "examples keeps those examples; they carry the replayed examples' objective, weight and projection, "
+                "and an earlier risk's equalizing loss and lead weight; 0: off"})
     balance_weight: float = field(default=0.0, metadata={
         "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "
@@ -148,6 +155,8 @@ class TrainConfig:
         if self.retain_weight < 0 or self.replay_weight < 0:
             raise ValueError(f"retain_weight and replay_weight must be >= 0, got {self.retain_weight}, "
                              f"{self.replay_weight}")
+        if self.replay_fresh < 0:
+            raise ValueError(f"replay_fresh must be >= 0, got {self.replay_fresh}")
         if self.balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {self.balance_weight}")
         if not 0 < self.balance_mass_scale <= 1:

@@ -2,15 +2,17 @@
 test here fails. (Shapes and files of every strategy's run are covered by tests/test_run.py.)"""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from compose.artifact import patch_matrix
+from compose.artifact import load_patch, patch_matrix
+from compose import context as context_mod
 from compose.cli import run as run_mod
 from compose.cli import main
-from compose.cli.config import resolve
+from compose.cli.config import resolve, run_risks
 from compose.context import RunContext
 from compose.strategy import check_strategy_class, option_fields, options_from_config
 from strategies import STRATEGIES, get_strategy
@@ -56,6 +58,53 @@ def test_replay_mixes_earlier_risks_into_later_stages(tiny, tmp_path, trained, s
     assert bool(from_tox) == replayed
     if replayed:  # about half of stage 2 is replayed toxicity data
         assert 0.25 <= len(from_tox) / len(second) <= 0.75
+
+
+def test_fresh_replay_adds_unseen_prompts_answered_by_the_patch_as_the_stage_began(tiny, tmp_path, trained):
+    """replay_fresh: stage 2 also learns earlier risks' training prompts that no stage trained on, each with the
+    greedy answer of stage 1's patch (regenerated here from its saved weights); a resumed stage reads them back."""
+    out = run(tiny, tmp_path / "run", "sequential-replay", train={"replay_fresh": 3})
+    tox = run_risks(resolve({}, risks="tox,bias", model="tiny-random", preset="smoke"))["toxicity"]
+    first, second = trained
+    fresh = [e for e in second["sft"] if e.get("fresh")]
+    assert not any(e.get("fresh") for e in first["sft"])
+    saved = json.loads((out / "data" / "fresh-02-bias.json").read_text())["examples"]
+    assert fresh == saved and 1 <= len(fresh) <= 3
+    assert all(e["replay_of"] == "toxicity" and e["source"] == "risk" for e in fresh)
+    unused = set(tox.prompts("train")) - prompts_of(out, "toxicity")
+    assert {e["prompt"] for e in fresh} <= unused
+    model = load_patch(tiny, out / "stages" / "01-toxicity" / "patch")
+    again = tox.respond(model, tiny.tokenizer, [e["prompt"] for e in fresh])
+    assert [e["completion"] for e in fresh] == [a for a in again if a.strip()]
+    (out / "data" / "fresh-02-bias.json").write_text(json.dumps({"examples": fresh[:1]}))
+    shutil.rmtree(out / "stages" / "02-bias")
+    (out / "results.json").unlink()
+    trained.clear()
+    run(tiny, out, "sequential-replay", train={"replay_fresh": 3})
+    assert [e for e in trained[0]["sft"] if e.get("fresh")] == fresh[:1]
+
+
+def test_fresh_replay_of_a_balanced_risk_carries_its_equalizing_loss(tiny, tmp_path, monkeypatch):
+    """A fresh replayed bias example joins the bias risk's group of the equalizing loss, as its replayed examples do;
+    the held-back examples the decision probe watches are never fresh ones."""
+    tagged, held = [], []
+    real_balanced, real_held = RunContext.balanced, context_mod.held_back
+
+    def balanced(self, sft):
+        out, groups = real_balanced(self, sft)
+        tagged.append(out)
+        return out, groups
+
+    def held_back(sft, n, source="risk"):
+        held.append(real_held(sft, n, source))
+        return held[-1]
+
+    monkeypatch.setattr(RunContext, "balanced", balanced)
+    monkeypatch.setattr(context_mod, "held_back", held_back)
+    run(tiny, tmp_path, "sequential-replay", risks="bias,tox", train={"replay_fresh": 2, "balance_weight": 1.0})
+    fresh = [e for e in tagged[-1] if e.get("fresh")]
+    assert fresh and all(e["replay_of"] == "bias" and e["balance"] == 0 for e in fresh)
+    assert not any(e.get("fresh") for examples in held for e in examples)
 
 
 def test_joint_trains_once_on_every_risk(tiny, tmp_path, trained):

@@ -5,6 +5,7 @@ A run folder holds everything needed to reproduce and read the run::
     runs/NAME/
       config.yaml            the resolved settings (preset < config file < flags)
       data/RISK.json         the training examples and preference pairs built for each risk
+      data/fresh-NN-NAME.json  stage NN's fresh replayed prompts and the patch's answers (train.replay_fresh)
       stages/NN-NAME/        one finished stage: patch/ (a patch directory), eval.json, stage.json (written last)
       specialists/RISK/      single-risk patches (concatenated, merged), reused when already built
       replay.json            the replay buffer (replay strategies)
