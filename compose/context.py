@@ -291,11 +291,14 @@ class RunContext:
                      f"answers scored unsafe become rejected answers")
         return out
 
-    def fresh_replay(self, model, earlier: list[str], index: int, name: str, risks: list[str]) -> list[dict]:
+    def fresh_replay(self, model, earlier: list[str], index: int, name: str, risks: list[str],
+                     learned: dict[str, torch.Tensor] | None = None) -> list[dict]:
         """Stage ``index``'s (0-based) examples of ``TrainConfig.replay_fresh``: per risk of ``earlier``, that many
-        prompts of its training split that its data does not hold (a seeded sample), with ``model``'s greedy answers
-        (the patch as the stage begins), tagged ``replay_of`` and ``fresh``. Written into the run folder's data, so
-        a resumed stage replays the same answers."""
+        prompts of its training split that its data does not hold (a seeded sample), with greedy answers, tagged
+        ``replay_of`` and ``fresh``. The answers are ``model``'s with the patch its own stage left (``learned``:
+        risk -> patch weights), where that patch fits ``model``'s, else with the patch as this stage begins (a
+        stacked patch grows a block per stage). Written into the run folder's data, so a resumed stage replays the
+        same answers."""
         n = self.cfg.train_for(risks).replay_fresh
         if n > 0 and index > 0 and not earlier:
             log.warning(f"stage {index + 1} {name}: replay_fresh={n} has no effect: this strategy replays nothing "
@@ -316,8 +319,16 @@ class RunContext:
                             f"prompts that no stage trained on")
             if not prompts:
                 continue
-            answers = self.risk(risk).respond(model, self.loaded.tokenizer, prompts,
-                                              desc=f"stage {index + 1} {name}: fresh {risk} prompts")
+            current, own = get_prompt(model), (learned or {}).get(risk)
+            own = own if own is not None and own.shape == current.shape else None
+            if own is not None:
+                set_prompt(model, own)
+            try:
+                answers = self.risk(risk).respond(model, self.loaded.tokenizer, prompts,
+                                                  desc=f"stage {index + 1} {name}: fresh {risk} prompts")
+            finally:
+                if own is not None:
+                    set_prompt(model, current)
             out += [{"prompt": p, "completion": a, "source": "risk", "replay_of": risk, "fresh": True}
                     for p, a in zip(prompts, answers) if a.strip()]
         distributed.on_main(atomic_write_json, path, {"examples": out})

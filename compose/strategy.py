@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from compose.errors import ComposeError
-from compose.patch import Segment
+from compose.patch import Segment, get_prompt
 from compose.replay import Replay
 from compose.train import Reference
 
@@ -105,6 +105,7 @@ class Strategy:
     def run(self, ctx) -> tuple[Any, list[Segment]]:
         """Train every stage (restoring finished ones), compose, and return ``(patched model, segments)``."""
         replay = Replay(getattr(self.options, "replay", 0.0), seed=ctx.cfg.seed)
+        learned = {}  # risk -> the patch its own stage left: what answers its fresh replayed prompts
         previous = None
         for index, name in enumerate(self.stages(ctx)):
             plan = self.plan(ctx, index, name, previous)
@@ -116,13 +117,15 @@ class Strategy:
                        for r in plan.risks for e in ctx.data(r).sft]
                 pairs = [p for r in plan.risks for p in ctx.data(r).pairs]
                 sft, pairs = replay.mix(index, sft, pairs)
-                sft = sft + ctx.fresh_replay(plan.model, replay.risks, index, plan.name, plan.risks)
+                sft = sft + ctx.fresh_replay(plan.model, replay.risks, index, plan.name, plan.risks, learned)
                 training = ctx.train(plan.model, sft, pairs, reference=plan.reference, frozen_rows=plan.frozen_rows,
                                      desc=plan.desc or f"stage {index + 1} {plan.name}", risks=plan.risks,
                                      subsets=plan.subsets)
                 stage.finish(plan.model, plan.segments, training, kind=plan.kind, trained=plan.trained)
             for risk in plan.risks:
                 replay.add(risk, ctx.data(risk))
+                if replay.share > 0:
+                    learned[risk] = get_prompt(plan.model)
             previous = plan
         replay.save(ctx.out_dir / "replay.json")
         final = self.compose(ctx, previous)

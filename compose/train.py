@@ -69,11 +69,12 @@ class TrainConfig:
                 "replayed examples' own gradient is added as usual (one process only)"})
     replay_fresh: int = field(default=0, metadata={
         "help": "with replay (sequential-replay, stacked): per earlier risk, this many prompts of its training split "
-                "that no stage trained on, answered greedily by the patch as this stage begins (as the risk is "
-                "evaluated), added to the replayed examples: the stage keeps what the earlier stages made of prompts "
-                "beyond the ones they learned (self-distillation on fresh prompts), where replaying their own "
-                "examples keeps those examples; they carry the replayed examples' objective, weight and projection, "
-                "and an earlier risk's equalizing loss and lead weight; 0: off"})
+                "that no stage trained on, answered greedily (as the risk is evaluated) by the patch that risk's own "
+                "stage left (stacked: by the patch as this stage begins), added to the replayed examples: the stage "
+                "keeps what the earlier stages made of prompts beyond the ones they learned (self-distillation on "
+                "fresh prompts), where replaying their own examples keeps those examples; they carry the replayed "
+                "examples' objective, weight and projection, and an earlier risk's equalizing loss and lead "
+                "weight; 0: off"})
     balance_weight: float = field(default=0.0, metadata={
         "help": "weight of the equalizing loss on the risk examples of a risk that names two token sets to balance "
                 "(bias: male and female words): per answer |P_a - P_b| / (P_a + P_b), each set's probability summed "

@@ -60,27 +60,28 @@ def test_replay_mixes_earlier_risks_into_later_stages(tiny, tmp_path, trained, s
         assert 0.25 <= len(from_tox) / len(second) <= 0.75
 
 
-def test_fresh_replay_adds_unseen_prompts_answered_by_the_patch_as_the_stage_began(tiny, tmp_path, trained):
-    """replay_fresh: stage 2 also learns earlier risks' training prompts that no stage trained on, each with the
-    greedy answer of stage 1's patch (regenerated here from its saved weights); a resumed stage reads them back."""
-    out = run(tiny, tmp_path / "run", "sequential-replay", train={"replay_fresh": 3})
-    tox = run_risks(resolve({}, risks="tox,bias", model="tiny-random", preset="smoke"))["toxicity"]
-    first, second = trained
-    fresh = [e for e in second["sft"] if e.get("fresh")]
-    assert not any(e.get("fresh") for e in first["sft"])
-    saved = json.loads((out / "data" / "fresh-02-bias.json").read_text())["examples"]
-    assert fresh == saved and 1 <= len(fresh) <= 3
-    assert all(e["replay_of"] == "toxicity" and e["source"] == "risk" for e in fresh)
-    unused = set(tox.prompts("train")) - prompts_of(out, "toxicity")
-    assert {e["prompt"] for e in fresh} <= unused
-    model = load_patch(tiny, out / "stages" / "01-toxicity" / "patch")
-    again = tox.respond(model, tiny.tokenizer, [e["prompt"] for e in fresh])
-    assert [e["completion"] for e in fresh] == [a for a in again if a.strip()]
-    (out / "data" / "fresh-02-bias.json").write_text(json.dumps({"examples": fresh[:1]}))
-    shutil.rmtree(out / "stages" / "02-bias")
+def test_fresh_replay_adds_unseen_prompts_answered_by_each_risk_s_own_stage(tiny, tmp_path, trained):
+    """replay_fresh: a later stage also learns earlier risks' training prompts that no stage trained on, each with the
+    greedy answer of the patch that risk's own stage left (regenerated here from its saved weights: stage 3 answers
+    toxicity's with stage 1's patch, not stage 2's); a resumed stage reads them back."""
+    risks = "tox,bias,harm"
+    out = run(tiny, tmp_path / "run", "sequential-replay", risks=risks, train={"replay_fresh": 3})
+    by_name = run_risks(resolve({}, risks=risks, model="tiny-random", preset="smoke"))
+    assert not any(e.get("fresh") for e in trained[0]["sft"])
+    fresh = [e for e in trained[2]["sft"] if e.get("fresh")]
+    assert fresh == json.loads((out / "data" / "fresh-03-harmfulness.json").read_text())["examples"]
+    for risk, stage in (("toxicity", "01-toxicity"), ("bias", "02-bias")):
+        mine = [e for e in fresh if e["replay_of"] == risk]
+        assert 1 <= len(mine) <= 3 and all(e["source"] == "risk" for e in mine)
+        assert {e["prompt"] for e in mine} <= set(by_name[risk].prompts("train")) - prompts_of(out, risk)
+        model = load_patch(tiny, out / "stages" / stage / "patch")
+        again = by_name[risk].respond(model, tiny.tokenizer, [e["prompt"] for e in mine])
+        assert [e["completion"] for e in mine] == [a for a in again if a.strip()]
+    (out / "data" / "fresh-03-harmfulness.json").write_text(json.dumps({"examples": fresh[:1]}))
+    shutil.rmtree(out / "stages" / "03-harmfulness")
     (out / "results.json").unlink()
     trained.clear()
-    run(tiny, out, "sequential-replay", train={"replay_fresh": 3})
+    run(tiny, out, "sequential-replay", risks=risks, train={"replay_fresh": 3})
     assert [e for e in trained[0]["sft"] if e.get("fresh")] == fresh[:1]
 
 
