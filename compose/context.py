@@ -332,8 +332,8 @@ class RunContext:
             out += [{"prompt": p, "completion": a, "source": "risk", "replay_of": risk, "fresh": True}
                     for p, a in zip(prompts, answers) if a.strip()]
         distributed.on_main(atomic_write_json, path, {"examples": out})
-        log.info(f"stage {index + 1} {name}: {len(out)} fresh prompts of {', '.join(earlier)} answered by the patch "
-                 f"as the stage begins, replayed")
+        log.info(f"stage {index + 1} {name}: {len(out)} fresh prompts of {', '.join(earlier)}, answered by the patch "
+                 f"each one's own stage left, replayed")
         return out
 
     def led(self, sft: list[dict], desc: str = "") -> list[dict]:
