@@ -207,7 +207,7 @@ class RunContext:
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
         sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
-        if config.lead_weight != 1.0:
+        if config.lead_weight != 1.0 or (config.lead_tokens and config.lead_rest_weight != 1.0):
             sft = self.led(sft, desc)
         if self.cfg.train.balance_weight > 0 and not groups \
                 and not any(self.risk(r).balance_tokens(self.loaded.tokenizer) for r in self.order):

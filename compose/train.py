@@ -111,6 +111,11 @@ class TrainConfig:
         "help": "with lead_weight: how many of the lead's last tokens carry it (0: the whole lead). 1 weighs only the "
                 "decision itself (\"they\" of \"{prompt} they\"), not the story sentence the teacher echoes before it, "
                 "which a patch that learns it heavily echoes for every prompt, the other risks' too"})
+    lead_rest_weight: float = field(default=1.0, metadata={
+        "help": "with lead_weight and lead_tokens: weight of the cross-entropy on the rest of the lead, the tokens "
+                "before its last lead_tokens (the story sentence a \"{prompt} they\" teacher echoes). 0 leaves the "
+                "echo out of the loss: the patch learns the decision after the sentence, not to repeat the prompt, "
+                "which it then does on every risk's prompts (a toxicity prompt's insult among them)"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
@@ -166,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"lead_weight must be >= 0, got {self.lead_weight}")
         if self.lead_tokens < 0:
             raise ValueError(f"lead_tokens must be >= 0, got {self.lead_tokens}")
+        if self.lead_rest_weight < 0:
+            raise ValueError(f"lead_rest_weight must be >= 0, got {self.lead_rest_weight}")
         if self.own_pairs_rounds < 1:
             raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
@@ -408,7 +415,8 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               retain_weight=cfg.retain_weight, balance_weight=cfg.balance_weight,
                               balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
                               balance_mass_scale=cfg.balance_mass_scale, lead_weight=cfg.lead_weight,
-                              lead_tokens=cfg.lead_tokens, balance_groups=balance_groups,
+                              lead_tokens=cfg.lead_tokens, lead_rest_weight=cfg.lead_rest_weight,
+                              balance_groups=balance_groups,
                               replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
                               replay_projection=cfg.replay_projection, blocks=blocks,
@@ -645,7 +653,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
                  balance_mass_scale: float = 1.0, lead_weight: float = 1.0, lead_tokens: int = 0,
-                 replay_reference: Reference | None = None,
+                 lead_rest_weight: float = 1.0, replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -657,6 +665,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.balance_weight, self.balance_groups = balance_weight, [tuple(map(list, g)) for g in balance_groups]
         self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
         self.balance_mass_scale, self.lead_weight, self.lead_tokens = balance_mass_scale, lead_weight, lead_tokens
+        self.lead_rest_weight = lead_rest_weight if lead_tokens else 1.0  # without lead_tokens the lead has no rest
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -708,8 +717,13 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     @property
     def custom_loss(self) -> bool:
-        return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances or self.lead_weight != 1.0
+        return (self.retain_objective != "ce" or self.retain_weight != 1.0 or self.balances or self.leads
                 or self.replay_reference is not None or self.replay_weight != 1.0 or self.replay_projection != "none")
+
+    @property
+    def leads(self) -> bool:
+        """Whether an answer's lead is weighted otherwise than its other tokens (``lead_weight``, ``lead_rest_weight``)."""
+        return self.lead_weight != 1.0 or self.lead_rest_weight != 1.0
 
     @property
     def balances(self) -> bool:
@@ -736,7 +750,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain, balance, replay = inputs.pop("retain"), inputs.pop("balance"), inputs.pop("replay")
         imitate = inputs.pop("imitate")
-        if self.lead_weight == 1.0:
+        if not self.leads:
             inputs.pop("lead", None)
         if not self.custom_loss and bool(imitate.all()):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -792,7 +806,8 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         """The loss of every scored token (flattened row by row) and the (batch, length - 1) mask of those tokens.
         A row whose ``imitate`` is 0 (the patch's own answer, ``balance_own_rounds``) has no cross-entropy: only
         its equalizing loss. ``inputs["lead"]`` (where given): each row's number of leading answer tokens whose
-        cross-entropy is weighted ``lead_weight`` (the last ``lead_tokens`` of them, where that is set)."""
+        cross-entropy is weighted ``lead_weight`` (the last ``lead_tokens`` of them, where that is set, the others
+        ``lead_rest_weight``)."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
         scored = targets != -100
@@ -803,14 +818,19 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         lead = inputs.get("lead")
-        if lead is not None and self.lead_weight != 1.0 and bool((lead > 0).any()):
-            # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them)
+        if lead is not None and self.leads and bool((lead > 0).any()):
+            # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them;
+            # the ones before those, the rest of the lead, weighted ``lead_rest_weight``)
             place, lead = scored.cumsum(1), lead.to(ids.device).unsqueeze(1)
             in_lead = place <= lead
+            rest = None
             if self.lead_tokens:
+                rest = (in_lead & (place <= lead - self.lead_tokens))[scored]
                 in_lead &= place > lead - self.lead_tokens
             in_lead = in_lead[scored]
             per_token = torch.where(in_lead, self.lead_weight * per_token, per_token)
+            if rest is not None and self.lead_rest_weight != 1.0:
+                per_token = torch.where(rest, self.lead_rest_weight * per_token, per_token)
         if imitate is not None and not bool(imitate.all()):
             per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)
         is_retain = retain.to(ids.device).bool()[rows]

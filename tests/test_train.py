@@ -552,6 +552,13 @@ def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_noth
     decision = rank == lead[rows] - 1
     assert int(decision.sum()) == 3
     assert torch.allclose(last[decision], 4.0 * plain[decision]) and torch.equal(last[~decision], plain[~decision])
+    trainer.lead_rest_weight = 0.0  # the rest of the opening (the echoed story sentence) leaves the loss
+    echo, _ = trainer.per_token_loss(model, batch, retain, balance)
+    before = opening & ~decision
+    assert int(before.sum()) == 6 and bool((echo[before] == 0).all())
+    assert torch.allclose(echo[decision], 4.0 * plain[decision]) and torch.equal(echo[~opening], plain[~opening])
+    with pytest.raises(ValueError, match="lead_rest_weight must be >= 0"):
+        TrainConfig(lead_rest_weight=-0.5)
     with pytest.raises(ValueError, match="lead_weight must be >= 0"):
         TrainConfig(lead_weight=-1.0)
     with pytest.raises(ValueError, match="lead_tokens must be >= 0"):
