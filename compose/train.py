@@ -115,7 +115,9 @@ class TrainConfig:
         "help": "with lead_weight and lead_tokens: weight of the cross-entropy on the rest of the lead, the tokens "
                 "before its last lead_tokens (the story sentence a \"{prompt} they\" teacher echoes). 0 leaves the "
                 "echo out of the loss: the patch learns the decision after the sentence, not to repeat the prompt, "
-                "which it then does on every risk's prompts (a toxicity prompt's insult among them)"})
+                "which it then does on every risk's prompts (a toxicity prompt's insult among them). It applies to "
+                "every prefilled teacher's lead in the stage: the harm risk's refusal prefill is one, and at 0 in a "
+                "harm stage the refusal itself leaves the loss"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
