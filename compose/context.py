@@ -207,7 +207,8 @@ class RunContext:
         watchers = [DecisionProbe(model, self.loaded.tokenizer, examples, name=source)
                     for source, examples in held_out.items() if examples]
         sft, groups = self.balanced(sft) if config.balance_weight > 0 else (sft, [])
-        if config.lead_weight != 1.0 or (config.lead_tokens and config.lead_rest_weight != 1.0):
+        if config.lead_weight != 1.0 or (config.lead_tokens and config.lead_rest_weight != 1.0) \
+                or config.echo_weight != 1.0:
             sft = self.led(sft, desc)
         if self.cfg.train.balance_weight > 0 and not groups \
                 and not any(self.risk(r).balance_tokens(self.loaded.tokenizer) for r in self.order):
@@ -339,7 +340,8 @@ class RunContext:
     def led(self, sft: list[dict], desc: str = "") -> list[dict]:
         """``sft`` with every risk example whose answer opens with its teacher's own opening (``Teacher.lead``, e.g.
         a prefilled teacher's) tagged with that opening's length in tokens (``lead``): what
-        ``TrainConfig.lead_weight`` weighs."""
+        ``TrainConfig.lead_weight`` weighs; where the opening begins by repeating the prompt ("{prompt} they"), that
+        part's length too (``echo``): what ``TrainConfig.echo_weight`` weighs."""
         owner = {e["prompt"]: name for name, data in self._data.items() for e in data.sft if e.get("source") == "risk"}
         out, tagged = [], 0
         for e in sft:
@@ -347,13 +349,19 @@ class RunContext:
                 if e.get("source") == "risk" else None
             opening = self.risk(name).teacher.lead(self.risk(name), e["prompt"]) if name else None
             if opening and e["completion"].startswith(opening):
-                e = {**e, "lead": len(self.loaded.tokenizer(opening, add_special_tokens=False)["input_ids"])}
+                e = {**e, "lead": self._tokens(opening)}
+                echo = self.risk(name).untemplated(e["prompt"]).strip()
+                if echo and opening.startswith(echo):  # the lead repeats the prompt first: echo_weight weighs that
+                    e["echo"] = self._tokens(echo)
                 tagged += 1
             out.append(e)
         if not tagged:
             log.warning(f"{desc}: lead_weight has no effect: no risk example's answer opens with its teacher's own "
                         f"opening (a prefilled teacher's, e.g. the bias risk's teacher_prefill)")
         return out
+
+    def _tokens(self, text: str) -> int:
+        return len(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _balancing(self) -> list[str]:
         """The risks of this run's data that name token sets to balance, in the order of their groups."""

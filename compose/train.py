@@ -113,11 +113,15 @@ class TrainConfig:
                 "which a patch that learns it heavily echoes for every prompt, the other risks' too"})
     lead_rest_weight: float = field(default=1.0, metadata={
         "help": "with lead_weight and lead_tokens: weight of the cross-entropy on the rest of the lead, the tokens "
-                "before its last lead_tokens (the story sentence a \"{prompt} they\" teacher echoes). 0 leaves the "
-                "echo out of the loss: the patch learns the decision after the sentence, not to repeat the prompt, "
-                "which it then does on every risk's prompts (a toxicity prompt's insult among them). It applies to "
-                "every prefilled teacher's lead in the stage: the harm risk's refusal prefill is one, and at 0 in a "
-                "harm stage the refusal itself leaves the loss"})
+                "before its last lead_tokens. It applies to every prefilled teacher's lead in the stage: the harm "
+                "risk's refusal prefill is one, and at 0 in a harm stage the refusal itself leaves the loss; "
+                "echo_weight weighs only the part of a lead that repeats the prompt"})
+    echo_weight: float = field(default=1.0, metadata={
+        "help": "weight of the cross-entropy on the part of a risk example's lead that repeats its prompt (a "
+                "\"{prompt} they\" teacher's echoed story sentence), over the other tokens' weight of 1 (and instead "
+                "of lead_weight there). 0 leaves the echo out of the loss: a patch that learns it repeats whatever it "
+                "is given, a toxicity prompt's insult among them. Leads that do not repeat the prompt (the harm "
+                "risk's refusal prefill) are unaffected"})
     balance_own_rounds: int = field(default=0, metadata={
         "help": "rounds of balancing the patch's own answers after SFT: each round the patch answers the prompts of "
                 "the balanced risk examples greedily (as the risk is evaluated), and SFT runs one more epoch over its "
@@ -175,6 +179,8 @@ class TrainConfig:
             raise ValueError(f"lead_tokens must be >= 0, got {self.lead_tokens}")
         if self.lead_rest_weight < 0:
             raise ValueError(f"lead_rest_weight must be >= 0, got {self.lead_rest_weight}")
+        if self.echo_weight < 0:
+            raise ValueError(f"echo_weight must be >= 0, got {self.echo_weight}")
         if self.own_pairs_rounds < 1:
             raise ValueError(f"own_pairs_rounds must be >= 1, got {self.own_pairs_rounds}")
         if self.balance_own_rounds < 0:
@@ -389,6 +395,7 @@ def sft_dataset(examples: list[dict]):
                                "retain": int(e.get("source") == "retain"), "balance": int(e.get("balance", -1)),
                                "replay": int(bool(e.get("replay_of")) and e.get("source") != "retain"),
                                "imitate": int(e.get("imitate", True)), "lead": int(e.get("lead", 0)),
+                               "echo": int(e.get("echo", 0)),
                                **({"block": int(e.get("block", -1))} if blocks else {})}
                               for e in examples])
 
@@ -418,6 +425,7 @@ def make_sft_trainer(model: PeftModel, tokenizer, examples: list[dict], cfg: Tra
                               balance_loss=cfg.balance_loss, balance_own_loss=cfg.balance_own_loss,
                               balance_mass_scale=cfg.balance_mass_scale, lead_weight=cfg.lead_weight,
                               lead_tokens=cfg.lead_tokens, lead_rest_weight=cfg.lead_rest_weight,
+                              echo_weight=cfg.echo_weight,
                               balance_groups=balance_groups,
                               replay_weight=cfg.replay_weight,
                               replay_reference=replay_reference if cfg.replay_objective == "kl" else None,
@@ -655,7 +663,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
     def __init__(self, *args, retain_objective: str = "ce", retain_weight: float = 1.0, balance_weight: float = 0.0,
                  balance_groups=(), balance_loss: str = "answer", balance_own_loss: str = "shift",
                  balance_mass_scale: float = 1.0, lead_weight: float = 1.0, lead_tokens: int = 0,
-                 lead_rest_weight: float = 1.0, replay_reference: Reference | None = None,
+                 lead_rest_weight: float = 1.0, echo_weight: float = 1.0, replay_reference: Reference | None = None,
                  replay_weight: float = 1.0, replay_projection: str = "none",
                  blocks: list[tuple[int, int]] | None = None, own_gradients: bool = False, seed: int = 0,
                  **kwargs):
@@ -668,6 +676,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         self.balance_loss, self.balance_own_loss = balance_loss, balance_own_loss
         self.balance_mass_scale, self.lead_weight, self.lead_tokens = balance_mass_scale, lead_weight, lead_tokens
         self.lead_rest_weight = lead_rest_weight if lead_tokens else 1.0  # without lead_tokens the lead has no rest
+        self.echo_weight = echo_weight
         self.replay_reference, self.replay_weight = replay_reference, replay_weight
         self.replay_projection, self.projected_steps = replay_projection, 0
         self.data_collator = _RetainFlagCollator(self.data_collator)
@@ -724,8 +733,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     @property
     def leads(self) -> bool:
-        """Whether an answer's lead is weighted otherwise than its other tokens (``lead_weight``, ``lead_rest_weight``)."""
-        return self.lead_weight != 1.0 or self.lead_rest_weight != 1.0
+        """Whether an answer's lead is weighted otherwise than its other tokens (``lead_weight``, ``lead_rest_weight``,
+        ``echo_weight``)."""
+        return self.lead_weight != 1.0 or self.lead_rest_weight != 1.0 or self.echo_weight != 1.0
 
     @property
     def balances(self) -> bool:
@@ -733,7 +743,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in ("retain", "balance", "replay", "imitate", "lead", "block")
+        extra = [c for c in ("retain", "balance", "replay", "imitate", "lead", "echo", "block")
                  if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
@@ -754,6 +764,7 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         imitate = inputs.pop("imitate")
         if not self.leads:
             inputs.pop("lead", None)
+            inputs.pop("echo", None)
         if not self.custom_loss and bool(imitate.all()):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.replay_projection == "agem" and model.training and torch.is_grad_enabled() and bool(replay.any()):
@@ -809,7 +820,9 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         A row whose ``imitate`` is 0 (the patch's own answer, ``balance_own_rounds``) has no cross-entropy: only
         its equalizing loss. ``inputs["lead"]`` (where given): each row's number of leading answer tokens whose
         cross-entropy is weighted ``lead_weight`` (the last ``lead_tokens`` of them, where that is set, the others
-        ``lead_rest_weight``)."""
+        ``lead_rest_weight``);
+        ``inputs["echo"]``: each row's number of leading answer tokens that repeat its prompt, weighted
+        ``echo_weight`` instead."""
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         targets = labels[:, 1:]
         scored = targets != -100
@@ -820,19 +833,23 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
         per_token = -logp.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(scored)[scored]
         lead = inputs.get("lead")
+        echo = inputs.get("echo")
         if lead is not None and self.leads and bool((lead > 0).any()):
-            # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them;
-            # the ones before those, the rest of the lead, weighted ``lead_rest_weight``)
+            # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them)
             place, lead = scored.cumsum(1), lead.to(ids.device).unsqueeze(1)
             in_lead = place <= lead
-            rest = None
             if self.lead_tokens:
-                rest = (in_lead & (place <= lead - self.lead_tokens))[scored]
+                rest = in_lead & (place <= lead - self.lead_tokens)
+                if self.lead_rest_weight != 1.0:  # the lead's tokens before its last lead_tokens
+                    per_token = torch.where(rest[scored], self.lead_rest_weight * per_token, per_token)
                 in_lead &= place > lead - self.lead_tokens
+            if echo is not None and self.echo_weight != 1.0:
+                # the opening's first ``echo`` tokens repeat the prompt: weighted echo_weight, not lead_weight
+                repeats = (place <= echo.to(ids.device).unsqueeze(1))[scored]
+                per_token = torch.where(repeats, self.echo_weight * per_token, per_token)
+                in_lead &= place > echo.to(ids.device).unsqueeze(1)
             in_lead = in_lead[scored]
             per_token = torch.where(in_lead, self.lead_weight * per_token, per_token)
-            if rest is not None and self.lead_rest_weight != 1.0:
-                per_token = torch.where(rest, self.lead_rest_weight * per_token, per_token)
         if imitate is not None and not bool(imitate.all()):
             per_token = per_token * imitate.to(ids.device)[rows].to(per_token.dtype)
         is_retain = retain.to(ids.device).bool()[rows]
@@ -973,11 +990,13 @@ class _RetainFlagCollator:
         replay = torch.tensor([bool(e.get("replay", 0)) for e in examples])
         imitate = torch.tensor([bool(e.get("imitate", 1)) for e in examples])
         lead = torch.tensor([int(e.get("lead", 0)) for e in examples])
+        echo = torch.tensor([int(e.get("echo", 0)) for e in examples])
         batch = self.collate([{k: v for k, v in e.items() if k not in ("retain", "balance", "replay", "imitate",
-                                                                       "lead", "block")}
+                                                                       "lead", "echo", "block")}
                               for e in examples])
         batch["retain"], batch["balance"], batch["replay"], batch["imitate"] = flags, balance, replay, imitate
         batch["lead"] = lead
+        batch["echo"] = echo
         if examples and "block" in examples[0]:
             batch["block"] = torch.tensor([int(e["block"]) for e in examples])
         return batch

@@ -371,6 +371,8 @@ def test_a_prefilled_teachers_opening_is_weighted_in_sft(tmp_path, monkeypatch):
     weight, examples = seen[0]
     risk = [e for e in examples if e.get("source") == "risk"]
     assert weight == 3.0 and risk and all(e["lead"] > 0 and " they" in e["completion"] for e in risk)
+    # the opening repeats the prompt's story sentence before "they": that part is what echo_weight weighs
+    assert all(0 < e["echo"] < e["lead"] for e in risk)
     assert all("lead" not in e for e in examples if e.get("source") == "retain")
 
 

@@ -559,6 +559,16 @@ def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_noth
     assert torch.allclose(echo[decision], 4.0 * plain[decision]) and torch.equal(echo[~opening], plain[~opening])
     with pytest.raises(ValueError, match="lead_rest_weight must be >= 0"):
         TrainConfig(lead_rest_weight=-0.5)
+    trainer.lead_rest_weight, trainer.echo_weight = 1.0, 0.0  # the echo alone: the first 2 tokens of each opening
+    echoed = {**batch, "echo": torch.tensor([2 if n else 0 for n in lead.tolist()])}
+    quiet, _ = trainer.per_token_loss(model, echoed, retain, balance)
+    repeats = rank < 2 * (lead[rows] > 0)
+    assert int(repeats.sum()) == 6 and bool((quiet[repeats] == 0).all())
+    middle = opening & ~repeats & ~decision
+    assert torch.equal(quiet[middle], plain[middle]) and torch.allclose(quiet[decision], 4.0 * plain[decision])
+    assert torch.equal(quiet[~opening], plain[~opening])
+    with pytest.raises(ValueError, match="echo_weight must be >= 0"):
+        TrainConfig(echo_weight=-1.0)
     with pytest.raises(ValueError, match="lead_weight must be >= 0"):
         TrainConfig(lead_weight=-1.0)
     with pytest.raises(ValueError, match="lead_tokens must be >= 0"):
