@@ -838,16 +838,16 @@ class PatchSFTTrainer(_RepeatsWeighNothing, SFTTrainer):
             # the first ``lead`` scored tokens of each row: its answer's opening (its last ``lead_tokens`` of them)
             place, lead = scored.cumsum(1), lead.to(ids.device).unsqueeze(1)
             in_lead = place <= lead
+            # the opening's first ``echo`` tokens repeat the prompt: weighted echo_weight alone
+            repeats = place <= echo.to(ids.device).unsqueeze(1) if echo is not None and self.echo_weight != 1.0 \
+                else torch.zeros_like(in_lead)
             if self.lead_tokens:
-                rest = in_lead & (place <= lead - self.lead_tokens)
+                rest = in_lead & (place <= lead - self.lead_tokens) & ~repeats
                 if self.lead_rest_weight != 1.0:  # the lead's tokens before its last lead_tokens
                     per_token = torch.where(rest[scored], self.lead_rest_weight * per_token, per_token)
                 in_lead &= place > lead - self.lead_tokens
-            if echo is not None and self.echo_weight != 1.0:
-                # the opening's first ``echo`` tokens repeat the prompt: weighted echo_weight, not lead_weight
-                repeats = (place <= echo.to(ids.device).unsqueeze(1))[scored]
-                per_token = torch.where(repeats, self.echo_weight * per_token, per_token)
-                in_lead &= place > echo.to(ids.device).unsqueeze(1)
+            per_token = torch.where(repeats[scored], self.echo_weight * per_token, per_token)
+            in_lead &= ~repeats
             in_lead = in_lead[scored]
             per_token = torch.where(in_lead, self.lead_weight * per_token, per_token)
         if imitate is not None and not bool(imitate.all()):

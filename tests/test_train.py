@@ -567,6 +567,9 @@ def test_the_lead_weight_scales_the_cross_entropy_of_an_answers_opening_and_noth
     middle = opening & ~repeats & ~decision
     assert torch.equal(quiet[middle], plain[middle]) and torch.allclose(quiet[decision], 4.0 * plain[decision])
     assert torch.equal(quiet[~opening], plain[~opening])
+    trainer.lead_rest_weight, trainer.echo_weight = 3.0, 0.5  # both: the echo takes echo_weight alone
+    both, _ = trainer.per_token_loss(model, echoed, retain, balance)
+    assert torch.allclose(both[repeats], 0.5 * plain[repeats]) and torch.allclose(both[middle], 3.0 * plain[middle])
     with pytest.raises(ValueError, match="echo_weight must be >= 0"):
         TrainConfig(echo_weight=-1.0)
     with pytest.raises(ValueError, match="lead_weight must be >= 0"):
