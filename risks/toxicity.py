@@ -79,7 +79,8 @@ class Toxicity(Risk):
     init_text = "Generate polite and respectful responses."
     default_tokens = 50
     defaults = {"samples": 4, "max_new_tokens": 24, "top_p": 0.9, "batch_size": 16, "threshold": 0.5,
-                "scorer": "profanity-check", "template": "Continue the text: {prompt}", "teacher_n": 4, "explicit_prefixes": False}
+                "scorer": "profanity-check", "template": "Continue the text: {prompt}", "teacher_n": 4,
+                "explicit_prefixes": False}
 
     def __init__(self, data=None, teacher=None, **options):
         super().__init__(data, teacher, **options)
